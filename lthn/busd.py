@@ -1,0 +1,35 @@
+"""lthn-busd: the bus forwarder (XSUB <- publishers, XPUB -> subscribers)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+import zmq
+
+from lthn import logs
+from lthn.bus import run_forwarder
+from lthn.daemon import config_argument, load_config_or_exit
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the node's message bus forwarder.")
+    config_argument(parser)
+    args = parser.parse_args(argv)
+    config = load_config_or_exit(args.config)
+    logs.setup(config.log_level)
+    ctx = zmq.Context()
+    # zmq.proxy blocks; SIGTERM terminates the context from the main thread, which ends it
+    worker = threading.Thread(target=run_forwarder, args=(
+        ctx, config.publish_endpoint, config.subscribe_endpoint), daemon=True)
+    worker.start()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5) and worker.is_alive():
+        pass
+    failed = not stop.is_set()  # the forwarder thread ended by itself: it could not bind
+    ctx.destroy(linger=0)
+    worker.join(timeout=2)
+    return 1 if failed else 0

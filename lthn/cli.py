@@ -1,0 +1,36 @@
+"""lthnctl: the operator's command line. Each command is a module in lthn/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lthn.commands import COMMANDS
+from lthn.daemon import DEFAULT_CONFIG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lthnctl", description="Operate a Lethean exit node.")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"node config file (default {DEFAULT_CONFIG}, or $LTHN_CONFIG)")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND")
+    subgroups: dict[str, argparse._SubParsersAction] = {}
+    for module in COMMANDS:
+        group, _, verb = module.NAME.partition(" ")
+        if group not in subgroups:
+            holder = groups.add_parser(group, help=f"{group} commands")
+            subgroups[group] = holder.add_subparsers(dest="verb", metavar="VERB", required=True)
+        doc = (module.__doc__ or "").strip()
+        sub = subgroups[group].add_parser(verb, help=doc.splitlines()[0], description=doc)
+        module.arguments(sub)
+        sub.set_defaults(module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "module", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return args.module.run(args)

@@ -1,0 +1,7 @@
+"""lthnctl commands: one module each, listed here explicitly (no registration by import)."""
+
+from __future__ import annotations
+
+from lthn.commands import authid_show, config_check, config_sample
+
+COMMANDS = [config_check, config_sample, authid_show]

@@ -1,0 +1,20 @@
+"""Print a commented sample config with every setting, its default and its meaning."""
+
+from __future__ import annotations
+
+import argparse
+
+from lthn.commands.exits import EXIT_OK
+from lthn.config_sample import sample
+
+NAME = "config sample"
+NEEDS_CONFIG = False
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    print(sample(), end="")
+    return EXIT_OK

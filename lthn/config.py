@@ -1,0 +1,310 @@
+"""The node's one YAML config file: its schema, loading and cross-field checks.
+
+Every setting is declared once below; `lthnctl config check` and every daemon load it
+through `load()`. Money in the file is in coins (decimal); everything inside the node is
+in atomic units (`Config.atomic()`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lthn.schema import ConfigError, Parser, setting
+
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+SERVICE_ID = re.compile(r"^[0-9a-fA-F]{2}$")
+DEFAULT_ATOMIC_UNITS = {"monero": 10**12, "lethean": 10**8}
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a TCP port (1-65535)"
+
+
+def _ports(values: list[int]) -> str | None:
+    bad = [v for v in values if not 1 <= v <= 65535]
+    return f"must hold TCP ports (1-65535), {bad[0]} is not one" if bad else None
+
+
+def _service_id(value: str) -> str | None:
+    return None if SERVICE_ID.match(value) else "must be two hex characters, like \"1A\""
+
+
+def _provider_id(value: str) -> str | None:
+    return None if HEX64.match(value) else "must be 64 hex characters"
+
+
+def _endpoint(value: str) -> str | None:
+    if value.startswith("ipc://") or value.startswith("tcp://"):
+        return None
+    return "must be an ipc:// or tcp:// ZeroMQ endpoint"
+
+
+def _url(value: str) -> str | None:
+    return None if re.match(r"^https?://[^/\s]+", value) else "must be an http:// or https:// URL"
+
+
+def _networks(values: list[str]) -> str | None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f'"{v}" is not an IP address or CIDR range'
+    return None
+
+
+def _exceptions(values: list[str]) -> str | None:
+    for v in values:
+        if parse_exception(v) is None:
+            return f'"{v}" is not HOST:PORT or CIDR:PORT'
+    return None
+
+
+def parse_exception(text: str) -> tuple[str, int] | None:
+    """'127.0.0.1:8080', '[::1]:80', 'origin.test:443', '10.1.0.0/16:80' -> (host, port)."""
+    m = re.match(r"^\[?([0-9A-Za-z.:/_-]+?)\]?:(\d{1,5})$", text)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        return None
+    return m.group(1), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class Provider:
+    id: str = setting(doc="provider id: 64 hex characters (the ed25519 public key in Lethean)",
+                      check=_provider_id)
+    name: str = setting("Lethean exit node", "provider name shown to clients")
+
+
+@dataclass(frozen=True)
+class Wallet:
+    url: str = setting("http://127.0.0.1:18082/json_rpc", "wallet JSON-RPC URL", _url)
+    user: str = setting("", "RPC user for HTTP digest auth (empty: no auth)")
+    password: str = setting("", "RPC password for HTTP digest auth")
+    dialect: Literal["monero", "lethean"] = setting(
+        "lethean", "monero: get_transfers; lethean: get_vpn_transfers")
+    atomic_units: int | None = setting(
+        None, "atomic units per coin (default: 10^8 for lethean, 10^12 for monero)", _positive)
+    poll_interval: float = setting(1.0, "seconds between wallet polls", _positive)
+    timeout: float = setting(5.0, "seconds before a wallet call is given up", _positive)
+    start_height: int = setting(0, "first block height to scan on a fresh ledger", _not_negative)
+
+    @property
+    def units(self) -> int:
+        return self.atomic_units or DEFAULT_ATOMIC_UNITS[self.dialect]
+
+
+@dataclass(frozen=True)
+class Service:
+    id: str = setting(doc="two hex characters; an authid starts with them", check=_service_id)
+    name: str = setting(doc="service name")
+    type: Literal["proxy", "vpn"] = setting(doc="proxy or vpn")
+    cost: Decimal = setting(doc="price in coins per minute", check=_positive)
+    firstPrePaidMinutes: int = setting(
+        10, "minutes of credit the first payment must buy", _not_negative)
+    firstVerificationsNeeded: int = setting(
+        0, "confirmations the first payment needs", _not_negative)
+    subsequentPrePaidMinutes: int = setting(
+        10, "minutes of credit a later top-up must buy", _not_negative)
+    subsequentVerificationsNeeded: int = setting(
+        0, "confirmations a later top-up needs", _not_negative)
+    allowRefunds: bool = setting(False, "whether refunds are offered (informational)")
+    downloadSpeed: int = setting(0, "download limit in bytes/s, 0 = none (informational)",
+                                 _not_negative)
+    uploadSpeed: int = setting(0, "upload limit in bytes/s, 0 = none (informational)",
+                               _not_negative)
+    billing: Literal["connected", "wallclock"] = setting(
+        "connected", "connected: charge only while a session is live; wallclock: Lethean's")
+    idleGrace: float = setting(
+        60.0, "connected billing: seconds still charged after the last session ends",
+        _not_negative)
+
+    @property
+    def key(self) -> str:
+        return self.id.upper()
+
+
+@dataclass(frozen=True)
+class Proxy:
+    bind: str = setting("0.0.0.0", "address haproxy's TLS front end listens on")
+    port: int = setting(8180, "TLS port for proxy clients", _port)
+    certificate: str = setting(
+        "", "PEM file with the provider certificate and key (default: state_dir/tls/)")
+    ca: str = setting("", "PEM file of the CA that signed the certificate (for sdp.json)")
+    backend: str = setting("squid", 'squid (run by the node) or HOST:PORT of another proxy')
+    squid_port: int = setting(3128, "loopback port of the node's squid", _port)
+    status_port: int = setting(8181, "loopback port of authd's status answerer", _port)
+    log_port: int = setting(8182, "loopback UDP port where haproxy sends its request log",
+                            _port)
+    connect_ports: list[int] = setting([443], "ports CONNECT may reach", _ports)
+    deny_networks: list[str] = setting(
+        [], "extra destination ranges to refuse (CIDR), beside the built-in ones", _networks)
+    deny_domains: list[str] = setting([], "destination domains to refuse (and subdomains)")
+    allow_destinations: list[str] = setting(
+        [], "exceptions to the destination rules: HOST:PORT or CIDR:PORT", _exceptions)
+    hosts_file: str = setting("", "hosts file squid resolves with (default: /etc/hosts)")
+    dns_servers: list[str] = setting(
+        [], "DNS servers squid asks (default: those of /etc/resolv.conf)", _networks)
+
+
+@dataclass(frozen=True)
+class Vpn:
+    enabled: bool = setting(False, "VPN mode (OpenVPN); not available in this version")
+
+
+@dataclass(frozen=True)
+class Bus:
+    publish: str = setting("", "endpoint publishers connect to (default: ipc in state_dir)",
+                           lambda v: _endpoint(v) if v else None)
+    subscribe: str = setting("", "endpoint subscribers connect to (default: ipc in state_dir)",
+                             lambda v: _endpoint(v) if v else None)
+    max_message_bytes: int = setting(65536, "larger bus messages are dropped", _positive)
+
+
+@dataclass(frozen=True)
+class Sessions:
+    tracking: bool = setting(True, "track sessions and cut them when credit runs out")
+    max_wait_to_spend: float = setting(
+        1800.0, "seconds after activation when spending starts even without a session",
+        _not_negative)
+    tick: float = setting(1.0, "seconds between charging rounds", _positive)
+
+
+@dataclass(frozen=True)
+class Config:
+    provider: Provider = setting(doc="who runs this node")
+    wallet: Wallet = setting(Wallet(), "the provider wallet paymentd watches")
+    services: list[Service] = setting([], "services sold; an authid names one by its prefix")
+    proxy: Proxy = setting(Proxy(), "proxy mode: haproxy front end, squid back end")
+    vpn: Vpn = setting(Vpn(), "VPN mode")
+    bus: Bus = setting(Bus(), "ZeroMQ bus endpoints")
+    sessions: Sessions = setting(Sessions(), "session tracking and charging")
+    state_dir: str = setting("/var/lib/lthn", "directory for the ledger, sockets and logs")
+    sdp: str = setting("", "an existing Lethean sdp.json to import services from")
+    log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
+    source: str = field(default="", init=False, repr=False, compare=False)
+
+    # --- derived values: one place, so no daemon computes them differently ---
+
+    def atomic(self, coins: Decimal) -> int:
+        return int(coins * self.wallet.units)
+
+    def service(self, service_id: str) -> Service | None:
+        key = service_id.upper()
+        for svc in self.services:
+            if svc.key == key:
+                return svc
+        return None
+
+    @property
+    def state(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state / "ledger.sqlite"
+
+    @property
+    def publish_endpoint(self) -> str:
+        return self.bus.publish or f"ipc://{self.state / 'run' / 'bus-publish.sock'}"
+
+    @property
+    def subscribe_endpoint(self) -> str:
+        return self.bus.subscribe or f"ipc://{self.state / 'run' / 'bus-subscribe.sock'}"
+
+    @property
+    def haproxy_admin_socket(self) -> Path:
+        return self.state / "run" / "haproxy-admin.sock"
+
+    @property
+    def certificate_path(self) -> Path:
+        return Path(self.proxy.certificate) if self.proxy.certificate \
+            else self.state / "tls" / "provider.pem"
+
+
+def read_sdp(path: str, source: str) -> list[dict]:
+    """Services from a Lethean sdp.json (its `services` list), as config mappings."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(source, "sdp", f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(source, "sdp", f"{path} is not JSON: {exc}") from None
+    services = data.get("services") if isinstance(data, dict) else None
+    if not isinstance(services, list):
+        raise ConfigError(source, "sdp", f"{path} has no \"services\" list")
+    keys = {"id", "name", "type", "cost", "firstPrePaidMinutes", "firstVerificationsNeeded",
+            "subsequentPrePaidMinutes", "subsequentVerificationsNeeded", "allowRefunds",
+            "downloadSpeed", "uploadSpeed"}
+    out = []
+    for svc in services:
+        if not isinstance(svc, dict):
+            raise ConfigError(source, "sdp", f"{path}: every service must be a mapping")
+        out.append({k: v for k, v in svc.items() if k in keys})
+    return out
+
+
+def parse(data: Any, source: str) -> Config:
+    """Validate plain data (from YAML) into a Config; raises ConfigError on any mistake."""
+    parser = Parser(source)
+    if isinstance(data, dict) and data.get("sdp"):
+        sdp_services = read_sdp(str(data["sdp"]), source)
+        data = dict(data)
+        data["services"] = list(data.get("services") or []) + sdp_services
+    config: Config = parser.parse(Config, data)
+    seen: dict[str, int] = {}
+    for i, svc in enumerate(config.services):
+        if svc.key in seen:
+            parser.fail(f"services[{i}].id",
+                        f'"{svc.id}" is already used by services[{seen[svc.key]}]')
+        seen[svc.key] = i
+        atomic = svc.cost * config.wallet.units
+        if atomic != atomic.to_integral_value():
+            parser.fail(f"services[{i}].cost",
+                        f"{svc.cost} is finer than one atomic unit (1/{config.wallet.units})")
+    if config.vpn.enabled:
+        parser.fail("vpn.enabled", "VPN mode is not available in this version; set false")
+    if not os.path.isabs(config.state_dir):
+        parser.fail("state_dir", f'must be an absolute path (got "{config.state_dir}")')
+    return _with_source(config, source)
+
+
+def _with_source(config: Config, source: str) -> Config:
+    object.__setattr__(config, "source", source)
+    return config
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate a config file. Raises ConfigError naming the file on any mistake."""
+    source = str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, "", f"not valid YAML: {where}{problem}") from None
+    if data is None:
+        raise ConfigError(source, "", "the file is empty; `provider.id` at least is required")
+    return parse(data, source)

@@ -1,0 +1,214 @@
+"""The one main loop every daemon runs: poll, dispatch, timers, signals.
+
+A daemon subclasses `Daemon`, says which bus prefixes it wants, and supplies handlers.
+Signal handlers only record; the loop acts: SIGTERM/SIGINT run the shutdown path,
+SIGHUP the reload path (one code path each, whoever asks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from lthn import config as config_mod
+from lthn import logs
+from lthn.bus import Envelope, Publisher, Subscriber
+from lthn.config import Config
+from lthn.ledger import Ledger, LedgerError
+from lthn.messages import Message, NodeHeartbeat
+from lthn.schema import ConfigError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+DEFAULT_CONFIG = os.environ.get("LTHN_CONFIG", "/etc/lthn/node.yaml")
+
+
+class Timers:
+    """Repeating and one-shot timers on a monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.heap: list[tuple[float, int, float | None, Callable[[], Any]]] = []
+        self.order = itertools.count()
+
+    def every(self, seconds: float, action: Callable[[], Any], first: float = 0.0) -> None:
+        heapq.heappush(self.heap, (self.clock() + first, next(self.order), seconds, action))
+
+    def after(self, seconds: float, action: Callable[[], Any]) -> None:
+        heapq.heappush(self.heap, (self.clock() + seconds, next(self.order), None, action))
+
+    def ms_until_next(self, at_most: int) -> int:
+        if not self.heap:
+            return at_most
+        return max(0, min(at_most, int((self.heap[0][0] - self.clock()) * 1000) + 1))
+
+    def run_due(self) -> None:
+        now = self.clock()
+        while self.heap and self.heap[0][0] <= now:
+            _, order, period, action = heapq.heappop(self.heap)
+            if period is not None:
+                heapq.heappush(self.heap, (now + period, order, period, action))
+            try:
+                action()
+            except Exception:
+                # a failing periodic job is logged and retried at its next turn, never fatal
+                log.exception("timer %s failed", getattr(action, "__name__", action))
+
+
+class Daemon:
+    """Base of every daemon: owns the loop; subclasses add handlers and timers."""
+
+    name = "daemon"
+    prefixes: list[str] = []
+
+    def __init__(self, config: Config, ctx: zmq.Context, ledger: Ledger) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.ledger = ledger
+        self.sender = f"{self.name}.{os.getpid()}"
+        self.publisher = Publisher(ctx, config.publish_endpoint, self.sender)
+        self.subscriber = Subscriber(ctx, config.subscribe_endpoint, self.prefixes,
+                                     config.bus.max_message_bytes) if self.prefixes else None
+        self.poller = zmq.Poller()
+        self.handlers: dict[Any, Callable[[], None]] = {}
+        if self.subscriber:
+            self.watch(self.subscriber.socket, self._on_bus)
+        self.timers = Timers()
+        self.timers.every(5.0, self.heartbeat, first=0.5)
+        self.stopping = False
+        self.pending_signal: int | None = None
+
+    # --- wiring ---
+    def watch(self, sock: Any, handler: Callable[[], None]) -> None:
+        """Call handler when a zmq socket or a file descriptor is readable."""
+        self.poller.register(sock, zmq.POLLIN)
+        self.handlers[sock] = handler
+
+    def unwatch(self, sock: Any) -> None:
+        self.poller.unregister(sock)
+        self.handlers.pop(sock, None)
+
+    def publish(self, msg: Message) -> None:
+        self.publisher.publish(msg)
+
+    def flush_outbox(self) -> None:
+        """Publish what committed transactions queued (at-least-once after a crash)."""
+        while True:
+            batch = self.ledger.take_outbox()
+            for msg in batch:
+                self.publisher.publish(msg)
+            if len(batch) < 1000:
+                return
+
+    def heartbeat(self) -> None:
+        self.publish(NodeHeartbeat(daemon=self.name, pid=os.getpid()))
+
+    # --- hooks for subclasses ---
+    def start(self) -> None:
+        """Called once before the loop: read state from the ledger, open sockets."""
+
+    def on_message(self, env: Envelope) -> None:
+        """A valid bus message arrived."""
+
+    def reload(self) -> None:
+        """SIGHUP: re-read what can change without a restart."""
+        log.info("%s: reload asked; nothing to reload", self.name)
+
+    def stop(self) -> None:
+        """Called once after the loop, before the bus and ledger close."""
+
+    # --- the loop ---
+    def _on_bus(self) -> None:
+        assert self.subscriber is not None
+        for env in self.subscriber.drain():
+            try:
+                self.on_message(env)
+            except Exception:
+                # a handler bug on one message must not take the daemon down (issue #2)
+                log.exception("%s: failed to handle %s from %s", self.name, env.topic,
+                              env.sender)
+
+    def _record_signal(self, signum: int, _frame: Any) -> None:
+        self.pending_signal = signum
+
+    def _apply_signal(self) -> None:
+        signum, self.pending_signal = self.pending_signal, None
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            log.info("%s: stopping (%s)", self.name, signal.Signals(signum).name)
+            self.stopping = True
+        elif signum == signal.SIGHUP:
+            self.reload()
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._record_signal)
+        self.start()
+        self.flush_outbox()
+        log.info("%s: ready", self.name)
+        try:
+            while not self.stopping:
+                ready = dict(self.poller.poll(self.timers.ms_until_next(at_most=1000)))
+                for sock in ready:
+                    self.handlers[sock]()
+                self.timers.run_due()
+                self.flush_outbox()
+                if self.pending_signal is not None:
+                    self._apply_signal()
+        finally:
+            # stop intake first, then finish: a credit must not arrive with nowhere to go
+            self.stop()
+            self.flush_outbox()
+            if self.subscriber:
+                self.subscriber.close()
+            self.publisher.close()
+            self.ledger.close()
+        log.info("%s: stopped", self.name)
+        return EXIT_OK
+
+
+def config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"node config file (default {DEFAULT_CONFIG}, or $LTHN_CONFIG)")
+
+
+def load_config_or_exit(path: str) -> Config:
+    """Load the config; on a mistake print `Error: ...` to stderr and exit 2."""
+    try:
+        return config_mod.load(path)
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        print("(run `lthnctl config check -c FILE` to check a config without starting)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def run_daemon(cls: Callable[[Config, zmq.Context, Ledger], Daemon],
+               argv: list[str] | None = None, description: str = "") -> int:
+    parser = argparse.ArgumentParser(description=description)
+    config_argument(parser)
+    args = parser.parse_args(argv)
+    config = load_config_or_exit(args.config)
+    logs.setup(config.log_level)
+    try:
+        ledger = Ledger.open(config.ledger_path)
+    except LedgerError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    ctx = zmq.Context()
+    try:
+        return cls(config, ctx, ledger).run()
+    finally:
+        ctx.destroy(linger=1000)

@@ -1,0 +1,457 @@
+"""The ledger: every piece of state that must survive a crash, in SQLite (WAL, FULL sync).
+
+All SQL of the node lives in this module. Exactly-once is done by uniqueness and
+transactions, never by process-local locks: `INSERT ... ON CONFLICT DO NOTHING` on
+(txid, authid) makes a replayed credit a no-op, and every change of money happens in one
+`BEGIN IMMEDIATE` transaction together with its audit line and its outbox message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from lthn.messages import CATALOGUE, Message, build
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema (issues #2, #3, #4); sessions have a kind and an adapter ref so
+    # VPN sessions fit; bans are rows with expiry for firewalld (ROADMAP)
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE authids (
+        authid TEXT PRIMARY KEY,
+        service_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created REAL NOT NULL,
+        modified REAL NOT NULL,
+        activations INTEGER NOT NULL DEFAULT 0,
+        activated_at REAL,
+        spending_since REAL,
+        last_used REAL,
+        credit INTEGER NOT NULL DEFAULT 0,
+        pending INTEGER NOT NULL DEFAULT 0,
+        spent INTEGER NOT NULL DEFAULT 0,
+        charged_ms INTEGER NOT NULL DEFAULT 0,
+        payments INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX authids_state ON authids (state);
+    CREATE TABLE payments (
+        txid TEXT NOT NULL,
+        authid TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        confirmations INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        spendable INTEGER NOT NULL,
+        ordinal INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        updated REAL NOT NULL,
+        PRIMARY KEY (txid, authid)
+    );
+    CREATE INDEX payments_open ON payments (state, spendable);
+    CREATE TABLE rejected_transfers (
+        txid TEXT NOT NULL,
+        payment_id TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        seen REAL NOT NULL,
+        PRIMARY KEY (txid, payment_id)
+    );
+    CREATE TABLE spends (
+        id INTEGER PRIMARY KEY,
+        authid TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        ms INTEGER NOT NULL,
+        at REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        authid TEXT NOT NULL,
+        source TEXT NOT NULL,
+        adapter_ref TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started REAL NOT NULL,
+        ended REAL,
+        end_reason TEXT,
+        bytes_in INTEGER NOT NULL DEFAULT 0,
+        bytes_out INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sessions_open ON sessions (state, authid);
+    CREATE TABLE bans (
+        ip TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        count INTEGER NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        event TEXT NOT NULL,
+        authid TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    """,
+]
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be used (newer schema, failed migration, unreadable)."""
+
+
+@dataclass(frozen=True)
+class AuthidRow:
+    authid: str
+    service_id: str
+    state: str
+    created: float
+    modified: float
+    activations: int
+    activated_at: float | None
+    spending_since: float | None
+    last_used: float | None
+    credit: int
+    pending: int
+    spent: int
+    charged_ms: int
+    payments: int
+
+    @property
+    def balance(self) -> int:
+        return self.credit - self.spent
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    txid: str
+    authid: str
+    amount: int
+    height: int
+    confirmations: int
+    state: str
+    spendable: bool
+    ordinal: int
+    first_seen: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: int
+    kind: str
+    authid: str
+    source: str
+    adapter_ref: str
+    state: str
+    started: float
+    ended: float | None
+    end_reason: str | None
+    bytes_in: int
+    bytes_out: int
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a credit acknowledged in the log must survive power loss (STYLE 7)
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    has = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'").fetchone()
+    if not has:
+        return 0
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(path: Path, migrations: list[str] = MIGRATIONS) -> int:
+    """Bring the file to the newest schema; back it up first when it already has data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = _connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        current = schema_version(conn)
+        if current > len(migrations):
+            conn.execute("ROLLBACK")
+            raise LedgerError(f"{path}: schema version {current} is newer than this "
+                              f"program knows ({len(migrations)}); upgrade the node")
+        if current == len(migrations):
+            conn.execute("COMMIT")
+            return current
+        if current > 0:
+            conn.execute("COMMIT")  # release the lock for a consistent copy
+            backup = path.with_name(f"{path.name}.v{current}.bak")
+            src = sqlite3.connect(str(path))
+            dst = sqlite3.connect(str(backup))
+            src.backup(dst)
+            src.close()
+            dst.close()
+            log.info("ledger: backed up schema v%d to %s", current, backup)
+            conn.execute("BEGIN IMMEDIATE")
+            current = schema_version(conn)
+        try:
+            if current == 0:
+                conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+            for number in range(current + 1, len(migrations) + 1):
+                for statement in migrations[number - 1].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("UPDATE schema_version SET version = ?", (number,))
+                log.info("ledger: migrated %s to schema v%d", path, number)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise LedgerError(f"{path}: migration failed, file left unchanged: {exc}") from exc
+        return len(migrations)
+    finally:
+        conn.close()
+
+
+def backup_exists(path: Path) -> bool:
+    return any(path.parent.glob(path.name + ".v*.bak"))
+
+
+class Ledger:
+    """One connection per process; open with `Ledger.open(path)`."""
+
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+        self.conn = conn
+        self.clock = clock
+
+    @classmethod
+    def open(cls, path: Path, clock: Callable[[], float] = time.time) -> Ledger:
+        migrate(path)
+        return cls(_connect(path), clock)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any error."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield Tx(self.conn, self.clock())
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- reads outside a transaction (a consistent snapshot each) ---
+
+    def active_authids(self) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT authid FROM authids WHERE state = 'ACTIVE' ORDER BY authid")]
+
+    def authid(self, authid: str) -> AuthidRow | None:
+        return Tx(self.conn, self.clock()).authid(authid)
+
+    def payments_of(self, authid: str) -> list[PaymentRow]:
+        return [PaymentRow(*r[:6], bool(r[6]), *r[7:]) for r in self.conn.execute(
+            f"SELECT {_PAYMENT_COLS} FROM payments WHERE authid = ? ORDER BY first_seen, txid",
+            (authid,))]
+
+    def meta(self, key: str) -> str | None:
+        return Tx(self.conn, self.clock()).meta(key)
+
+    def rejected(self) -> list[tuple[str, str, int, str]]:
+        return list(self.conn.execute(
+            "SELECT txid, payment_id, amount, reason FROM rejected_transfers ORDER BY seen"))
+
+    def open_sessions(self, kind: str | None = None) -> list[SessionRow]:
+        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE state = 'OPEN'"
+        args: tuple = ()
+        if kind:
+            sql += " AND kind = ?"
+            args = (kind,)
+        return [SessionRow(*r) for r in self.conn.execute(sql, args)]
+
+    def audit_lines(self, authid: str | None = None) -> list[tuple[str, str, str, dict]]:
+        rows = self.conn.execute(
+            "SELECT actor, event, authid, detail FROM audit "
+            + ("WHERE authid = ? " if authid else "") + "ORDER BY id",
+            (authid,) if authid else ())
+        return [(a, e, i, json.loads(d)) for a, e, i, d in rows]
+
+    def take_outbox(self, limit: int = 1000) -> list[Message]:
+        """Claim queued messages (deleted as they are taken) for publishing."""
+        with self.transaction():
+            rows = self.conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?) "
+                "RETURNING id, topic, body", (limit,)).fetchall()
+        out = []
+        for _id, topic, body in sorted(rows):
+            out.append(build(CATALOGUE[topic], msgpack.unpackb(body, raw=False)))
+        return out
+
+
+_AUTHID_COLS = ("authid, service_id, state, created, modified, activations, activated_at, "
+                "spending_since, last_used, credit, pending, spent, charged_ms, payments")
+_PAYMENT_COLS = ("txid, authid, amount, height, confirmations, state, spendable, ordinal, "
+                 "first_seen, updated")
+_SESSION_COLS = ("id, kind, authid, source, adapter_ref, state, started, ended, end_reason, "
+                 "bytes_in, bytes_out")
+
+
+class Tx:
+    """Operations inside one open transaction. `now` is the transaction's clock reading."""
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+        self.conn = conn
+        self.now = now
+
+    # --- meta ---
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # --- authids ---
+    def authid(self, authid: str) -> AuthidRow | None:
+        row = self.conn.execute(
+            f"SELECT {_AUTHID_COLS} FROM authids WHERE authid = ?", (authid,)).fetchone()
+        return AuthidRow(*row) if row else None
+
+    def ensure_authid(self, authid: str, service_id: str) -> AuthidRow:
+        self.conn.execute(
+            "INSERT INTO authids (authid, service_id, state, created, modified) "
+            "VALUES (?, ?, 'PENDING', ?, ?) ON CONFLICT (authid) DO NOTHING",
+            (authid, service_id, self.now, self.now))
+        row = self.authid(authid)
+        assert row is not None
+        return row
+
+    def update_authid(self, authid: str, **changes: Any) -> None:
+        allowed = set(_AUTHID_COLS.replace(" ", "").split(",")) - {"authid", "created"}
+        bad = set(changes) - allowed
+        if bad:
+            raise ValueError(f"not authid columns: {sorted(bad)}")
+        changes["modified"] = self.now
+        cols = ", ".join(f"{k} = ?" for k in changes)
+        self.conn.execute(f"UPDATE authids SET {cols} WHERE authid = ?",
+                          (*changes.values(), authid))
+
+    def authids_in(self, states: tuple[str, ...]) -> list[AuthidRow]:
+        marks = ",".join("?" * len(states))
+        return [AuthidRow(*r) for r in self.conn.execute(
+            f"SELECT {_AUTHID_COLS} FROM authids WHERE state IN ({marks})", states)]
+
+    # --- payments ---
+    def payment(self, txid: str, authid: str) -> PaymentRow | None:
+        row = self.conn.execute(
+            f"SELECT {_PAYMENT_COLS} FROM payments WHERE txid = ? AND authid = ?",
+            (txid, authid)).fetchone()
+        return PaymentRow(*row[:6], bool(row[6]), *row[7:]) if row else None
+
+    def insert_payment(self, txid: str, authid: str, amount: int, height: int,
+                       confirmations: int, state: str, spendable: bool, ordinal: int) -> bool:
+        """False when (txid, authid) is already recorded: a replay credits nothing."""
+        cur = self.conn.execute(
+            "INSERT INTO payments (txid, authid, amount, height, confirmations, state, "
+            "spendable, ordinal, first_seen, updated) VALUES (?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (txid, authid) DO NOTHING",
+            (txid, authid, amount, height, confirmations, state, int(spendable), ordinal,
+             self.now, self.now))
+        return cur.rowcount == 1
+
+    def update_payment(self, txid: str, authid: str, height: int, confirmations: int,
+                       state: str, spendable: bool) -> None:
+        self.conn.execute(
+            "UPDATE payments SET height = ?, confirmations = ?, state = ?, spendable = ?, "
+            "updated = ? WHERE txid = ? AND authid = ?",
+            (height, confirmations, state, int(spendable), self.now, txid, authid))
+
+    def watched_payments(self, confirmations_below: int) -> list[PaymentRow]:
+        """Payments still moving: in the pool, not yet spendable, or few confirmations."""
+        return [PaymentRow(*r[:6], bool(r[6]), *r[7:]) for r in self.conn.execute(
+            f"SELECT {_PAYMENT_COLS} FROM payments WHERE state != 'revoked' AND "
+            "(state = 'pool' OR spendable = 0 OR confirmations < ?)", (confirmations_below,))]
+
+    def count_live_payments(self, authid: str) -> int:
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM payments WHERE authid = ? AND state != 'revoked'",
+            (authid,)).fetchone()[0]
+
+    def record_rejected(self, txid: str, payment_id: str, amount: int, reason: str) -> bool:
+        cur = self.conn.execute(
+            "INSERT INTO rejected_transfers (txid, payment_id, amount, reason, seen) "
+            "VALUES (?,?,?,?,?) ON CONFLICT (txid, payment_id) DO NOTHING",
+            (txid, payment_id, amount, reason, self.now))
+        return cur.rowcount == 1
+
+    # --- spends ---
+    def add_spend(self, authid: str, amount: int, ms: int, reason: str) -> None:
+        self.conn.execute(
+            "INSERT INTO spends (authid, amount, ms, at, reason) VALUES (?,?,?,?,?)",
+            (authid, amount, ms, self.now, reason))
+
+    def spends_total(self, authid: str) -> int:
+        return self.conn.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM spends WHERE authid = ?",
+            (authid,)).fetchone()[0]
+
+    # --- sessions ---
+    def open_session(self, kind: str, authid: str, source: str, adapter_ref: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO sessions (kind, authid, source, adapter_ref, state, started) "
+            "VALUES (?,?,?,?, 'OPEN', ?)", (kind, authid, source, adapter_ref, self.now))
+        return int(cur.lastrowid)
+
+    def close_session(self, session_id: int, reason: str, bytes_in: int,
+                      bytes_out: int) -> None:
+        self.conn.execute(
+            "UPDATE sessions SET state = 'CLOSED', ended = ?, end_reason = ?, bytes_in = ?, "
+            "bytes_out = ? WHERE id = ? AND state = 'OPEN'",
+            (self.now, reason, bytes_in, bytes_out, session_id))
+
+    def update_session_bytes(self, session_id: int, bytes_in: int, bytes_out: int) -> None:
+        self.conn.execute("UPDATE sessions SET bytes_in = ?, bytes_out = ? WHERE id = ?",
+                          (bytes_in, bytes_out, session_id))
+
+    def open_sessions(self, kind: str | None = None) -> list[SessionRow]:
+        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE state = 'OPEN'"
+        args: tuple = ()
+        if kind:
+            sql += " AND kind = ?"
+            args = (kind,)
+        return [SessionRow(*r) for r in self.conn.execute(sql, args)]
+
+    # --- audit and outbox: every change of money or access passes here ---
+    def audit(self, actor: str, event: str, authid: str, **detail: Any) -> None:
+        self.conn.execute(
+            "INSERT INTO audit (at, actor, event, authid, detail) VALUES (?,?,?,?,?)",
+            (self.now, actor, event, authid, json.dumps(detail, sort_keys=True)))
+
+    def emit(self, msg: Message) -> None:
+        """Queue a bus message; it is published after commit (see Ledger.take_outbox)."""
+        self.conn.execute("INSERT INTO outbox (topic, body) VALUES (?, ?)",
+                          (msg.topic, msgpack.packb(msg.fields(), use_bin_type=True)))
