@@ -1,0 +1,49 @@
+"""haproxy's runtime API over its admin socket: one command per connection.
+
+Parsers for the answers live beside their users; this module only talks to the socket.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+
+class HaproxyUnavailable(OSError):
+    """The admin socket is missing or haproxy does not answer (restarting, stopped)."""
+
+
+class HaproxyAdmin:
+    def __init__(self, path: str | Path, timeout: float = 5.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+
+    def command(self, line: str, payload: str | None = None) -> str:
+        """Send one command (newlines in `line` are refused) and return the whole answer.
+
+        `payload` is sent with haproxy's `<<` syntax (e.g. many `add map` entries at once).
+        """
+        if "\n" in line or "\r" in line:
+            raise ValueError("a runtime command is one line")
+        data = line
+        if payload is not None:
+            data = f"{line} <<\n{payload.rstrip(chr(10))}\n"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            try:
+                sock.connect(self.path)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise HaproxyUnavailable(f"haproxy admin socket {self.path}: {exc}") from exc
+            sock.sendall(data.encode() + b"\n")
+            chunks = []
+            while True:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError as exc:
+            raise HaproxyUnavailable(f"haproxy admin socket {self.path}: no answer") from exc
+        finally:
+            sock.close()
+        return b"".join(chunks).decode(errors="replace")
