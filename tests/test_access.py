@@ -1,0 +1,97 @@
+"""lthn.access: the one place where credit and access change, on a real ledger file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lthn import access
+from lthn.credit_rules import Rules
+from lthn.ledger import Ledger
+
+RULES = Rules(cost=600, first_minutes=10, first_confirmations=0, next_minutes=5,
+              next_confirmations=1)
+AUTHID = "1A00112233445566"
+
+
+class HandClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def ledger(tmp_path: Path):
+    led = Ledger.open(tmp_path / "ledger.sqlite", clock=HandClock())
+    yield led
+    led.close()
+
+
+def credit(ledger: Ledger, amount: int):
+    with ledger.transaction() as tx:
+        row = tx.ensure_authid(AUTHID, "1A")
+        tx.update_authid(AUTHID, credit=row.credit + amount)
+        return access.reevaluate(tx, tx.authid(AUTHID), RULES, "test")
+
+
+def topics(ledger: Ledger) -> list[str]:
+    return [m.topic for m in ledger.take_outbox()]
+
+
+def test_first_payment_below_prepaid_minutes_stays_pending(ledger):
+    row = credit(ledger, 10 * 600 - 1)
+    assert row.state == "PENDING"
+    assert topics(ledger) == []
+
+
+def test_first_payment_buying_the_prepaid_minutes_activates_once(ledger):
+    row = credit(ledger, 10 * 600)
+    assert (row.state, row.activations) == ("ACTIVE", 1)
+    assert topics(ledger) == ["authid.activated"]
+    row = credit(ledger, 1)  # a top-up while active changes nothing about access
+    assert row.state == "ACTIVE"
+    assert topics(ledger) == []
+
+
+def test_charging_to_exhaustion_deactivates_and_never_overdraws(ledger):
+    credit(ledger, 6000)
+    ledger.take_outbox()
+    with ledger.transaction() as tx:
+        row = tx.authid(AUTHID)
+        charged = access.charge(tx, row, RULES, 11 * 60_000, "time", "test")
+        row = access.reevaluate(tx, tx.authid(AUTHID), RULES, "test")
+    assert charged == 6000  # 11 minutes cost 6600, but only 6000 was there
+    assert (row.state, row.balance) == ("DEPLETED", 0)
+    assert topics(ledger) == ["authid.charged", "authid.deactivated"]
+
+
+def test_reactivation_needs_the_subsequent_prepaid_minutes(ledger):
+    credit(ledger, 6000)
+    with ledger.transaction() as tx:
+        access.charge(tx, tx.authid(AUTHID), RULES, 10 * 60_000, "time", "test")
+        access.reevaluate(tx, tx.authid(AUTHID), RULES, "test")
+    assert credit(ledger, 5 * 600 - 1).state == "DEPLETED"
+    row = credit(ledger, 1)
+    assert (row.state, row.activations) == ("ACTIVE", 2)
+
+
+def test_every_change_of_money_writes_an_audit_line(ledger):
+    credit(ledger, 6000)
+    with ledger.transaction() as tx:
+        access.charge(tx, tx.authid(AUTHID), RULES, 30_000, "time", "test")
+    events = [e for _, e, _, _ in ledger.audit_lines(AUTHID)]
+    assert events == ["activated", "charged"]
+    assert ledger.audit_lines(AUTHID)[1][3] == {"amount": 300, "ms": 30_000, "reason": "time"}
+
+
+def test_a_failed_transaction_leaves_no_trace(ledger):
+    with pytest.raises(RuntimeError), ledger.transaction() as tx:
+        tx.ensure_authid(AUTHID, "1A")
+        tx.update_authid(AUTHID, credit=6000)
+        access.reevaluate(tx, tx.authid(AUTHID), RULES, "test")
+        raise RuntimeError("crash before commit")
+    assert ledger.authid(AUTHID) is None
+    assert topics(ledger) == []
