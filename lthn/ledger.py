@@ -300,6 +300,10 @@ class Ledger:
 
     def take_outbox(self, limit: int = 1000) -> list[Message]:
         """Claim queued messages (deleted as they are taken) for publishing."""
+        # a plain read first: the daemon loop asks on every turn, and an empty outbox must
+        # not cost a write lock that paymentd and sessiond would then wait for
+        if self.conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None:
+            return []
         with self.transaction():
             rows = self.conn.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?) "
