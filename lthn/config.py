@@ -186,6 +186,14 @@ class Sessions:
 
 
 @dataclass(frozen=True)
+class Firewall:
+    refusal_window: float = setting(
+        60.0, "seconds over which firewalld counts refusals per source address", _positive)
+    refusal_threshold: int = setting(
+        20, "refusals from one address within the window that firewalld reports", _positive)
+
+
+@dataclass(frozen=True)
 class Config:
     provider: Provider = setting(doc="who runs this node")
     wallet: Wallet = setting(Wallet(), "the provider wallet paymentd watches")
@@ -194,6 +202,8 @@ class Config:
     vpn: Vpn = setting(Vpn(), "VPN mode")
     bus: Bus = setting(Bus(), "ZeroMQ bus endpoints")
     sessions: Sessions = setting(Sessions(), "session tracking and charging")
+    firewall: Firewall = setting(
+        Firewall(), "firewalld: refusals per source address (bans are a later issue)")
     state_dir: str = setting("/var/lib/lthn", "directory for the ledger, sockets and logs")
     sdp: str = setting("", "an existing Lethean sdp.json to import services from")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
