@@ -449,6 +449,15 @@ class Tx:
             args = (kind,)
         return [SessionRow(*r) for r in self.conn.execute(sql, args)]
 
+    def sessions_of(self, authid: str, ended_after: float) -> list[SessionRow]:
+        """An authid's sessions still open or ended after `ended_after`, oldest first
+        (what connected billing needs; two halves so both use the (state, authid) index)."""
+        return [SessionRow(*r) for r in self.conn.execute(
+            f"SELECT {_SESSION_COLS} FROM sessions WHERE state = 'OPEN' AND authid = ? "
+            f"UNION ALL SELECT {_SESSION_COLS} FROM sessions WHERE state = 'CLOSED' "
+            "AND authid = ? AND ended > ? ORDER BY started, id",
+            (authid, authid, ended_after))]
+
     # --- audit and outbox: every change of money or access passes here ---
     def audit(self, actor: str, event: str, authid: str, **detail: Any) -> None:
         self.conn.execute(
