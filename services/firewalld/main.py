@@ -1,0 +1,65 @@
+"""lthn-firewalld: counts refused requests per source address and reports heavy offenders.
+
+What it does now: subscribes to `access.refused` (published by authd for every refusal,
+with the client's real source address), keeps a per-source count of refusals in a
+sliding window (`firewall.refusal_window` seconds) and logs one line when a source
+reaches `firewall.refusal_threshold`:
+
+    source 127.0.0.2: 20 refusals in 60 s (threshold 20); no ban applied: bans are not
+    implemented yet
+
+What it does NOT do yet (a later issue, see ROADMAP "firewalld"): it bans nobody. No
+source allow/deny lists, no destination deny lists, no per-source rate limits, nothing
+applied at haproxy, OpenVPN or nftables, no ban rows in the ledger. The counts live in
+memory only and start from zero after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from lthn.bus import Envelope
+from lthn.daemon import Daemon, run_daemon
+from lthn.messages import AccessRefused
+from services.firewalld.refusals import RefusalCounter
+
+log = logging.getLogger(__name__)
+
+
+class Firewalld(Daemon):
+    name = "firewalld"
+    prefixes = ["access.refused"]
+
+    def start(self) -> None:
+        settings = self.config.firewall
+        self.clock = time.monotonic
+        self.refusals = RefusalCounter(settings.refusal_window, settings.refusal_threshold)
+        self.timers.every(settings.refusal_window, self.prune, first=settings.refusal_window)
+        log.info("firewalld: counting refusals per source (threshold %d in %g s); "
+                 "bans are not implemented yet", settings.refusal_threshold,
+                 settings.refusal_window)
+
+    def on_message(self, env: Envelope) -> None:
+        msg = env.message
+        if not isinstance(msg, AccessRefused):
+            return
+        source = msg.source or "?"
+        log.debug("source %s: refused (%s) from %s", source, msg.reason, env.sender)
+        if self.refusals.add(source, self.clock()):
+            log.warning("source %s: %d refusals in %g s (threshold %d); no ban applied: "
+                        "bans are not implemented yet", source, self.refusals.threshold,
+                        self.refusals.window, self.refusals.threshold)
+
+    def prune(self) -> None:
+        dropped = self.refusals.prune(self.clock())
+        if dropped:
+            log.debug("firewalld: forgot %d quiet sources", dropped)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_daemon(Firewalld, argv, description="Count refusals per source address.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
