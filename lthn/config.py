@@ -308,6 +308,8 @@ def load(path: str | os.PathLike) -> Config:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

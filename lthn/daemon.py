@@ -190,7 +190,7 @@ def load_config_or_exit(path: str) -> Config:
         return config_mod.load(path)
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
-        print("(run `lthnctl config check -c FILE` to check a config without starting)",
+        print("(run `lthnctl -c FILE config check` to check a config without starting)",
               file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
