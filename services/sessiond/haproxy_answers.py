@@ -1,0 +1,110 @@
+"""Parsers for the two haproxy runtime answers sessiond reads: `show table` and `show sess`.
+
+Tested on real transcripts (tests/transcripts/haproxy_*.txt). Anything that is not the
+expected shape raises `AnswerError`, so a garbage answer is logged and retried, never
+taken for "nobody is connected".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+class AnswerError(ValueError):
+    """haproxy answered something that is not the expected listing."""
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One stick-table entry of `authid_sessions` (counters are cumulative per entry)."""
+    key: str
+    conn_cur: int
+    http_req_cnt: int
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One line of `show sess`: a stream haproxy holds, with its client address."""
+    ptr: str
+    proto: str
+    src: str            # "ip:port" for tcp streams (ip normalised), as shown otherwise
+
+
+def _fields(text: str, where: str) -> dict[str, str]:
+    out = {}
+    for token in text.split():
+        name, sep, value = token.partition("=")
+        if not sep:
+            raise AnswerError(f"{where}: {token[:40]!r} is not name=value")
+        out[name] = value
+    return out
+
+
+def _int(fields: dict[str, str], name: str, line: str) -> int:
+    value = fields.get(name)
+    if value is None or not value.isdigit():
+        raise AnswerError(f"no {name} in {line[:100]!r}")
+    return int(value)
+
+
+def parse_table(answer: str, table: str) -> list[TableEntry]:
+    """`show table <table> [filter]` -> entries. An empty answer (a key filter that
+    matched nothing) is an empty list; anything but a header and entry lines is an error."""
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if not lines:
+        return []
+    if not lines[0].startswith(f"# table: {table},"):
+        raise AnswerError(f"not a listing of table {table}: {lines[0][:100]!r}")
+    entries = []
+    for line in lines[1:]:
+        ptr, sep, rest = line.partition(": ")
+        if not sep or not ptr.startswith("0x") or not rest.startswith("key="):
+            raise AnswerError(f"not a table entry: {line[:100]!r}")
+        # the key comes first and is what track-sc0 stored; authd only tracks valid
+        # authids, so it has no spaces, but read it up to " use=" to be safe
+        key, sep, counters = rest[len("key="):].partition(" use=")
+        if not sep:
+            raise AnswerError(f"no use= in {line[:100]!r}")
+        fields = _fields("use=" + counters, "table entry")
+        entries.append(TableEntry(
+            key=key, conn_cur=_int(fields, "conn_cur", line),
+            http_req_cnt=_int(fields, "http_req_cnt", line),
+            bytes_in=_int(fields, "bytes_in_cnt", line),
+            bytes_out=_int(fields, "bytes_out_cnt", line)))
+    return entries
+
+
+def normalise_address(ip: str, port: int | str) -> str:
+    """'127.0.0.1', 40648 -> '127.0.0.1:40648'; IPv6 compressed, IPv4-mapped unwrapped."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return f"{addr.compressed}:{int(port)}"
+
+
+def parse_sessions(answer: str) -> list[Stream]:
+    """`show sess` -> streams. haproxy always lists at least the admin stream asking."""
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if not lines:
+        raise AnswerError("empty answer to show sess")
+    streams = []
+    for line in lines:
+        ptr, sep, rest = line.partition(": ")
+        if not sep or not ptr.startswith("0x") or not rest.startswith("proto="):
+            raise AnswerError(f"not a show sess line: {line[:100]!r}")
+        head = rest.split(" ", 2)
+        if len(head) < 2 or not head[1].startswith("src="):
+            raise AnswerError(f"no src= in {line[:100]!r}")
+        proto = head[0][len("proto="):]
+        src = head[1][len("src="):]
+        if proto.startswith("tcp"):
+            ip, _, port = src.rpartition(":")
+            try:
+                src = normalise_address(ip.strip("[]"), port)
+            except ValueError:
+                raise AnswerError(f"bad src in {line[:100]!r}") from None
+        streams.append(Stream(ptr, proto, src))
+    return streams

@@ -1,0 +1,15 @@
+"""lthn-sessiond: session tracking, charging per tick and cutting (issue #4)."""
+
+from __future__ import annotations
+
+from lthn.daemon import run_daemon
+from services.sessiond.sessiond import Sessiond
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_daemon(Sessiond, argv, description="Charge sessions and cut them when "
+                      "credit runs out.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The proxy kind's adapter: haproxy's `authid_sessions` stick table is what is live, the
+request log says which client connection carries which authid, and cutting is
+`show sess` + `shutdown session <ptr>` for each of the authid's streams (docs/design.md).
+
+An authid has one proxy session while haproxy counts it live: `conn_cur > 0`, or requests
+were admitted since the last look (a short plain-HTTP request may come and go between two
+polls). haproxy updates byte counters when a stream ends, so a tunnel's bytes show when it
+closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from lthn.haproxy_runtime import HaproxyAdmin
+from services.sessiond.client_map import ClientMap, drain, open_log_socket
+from services.sessiond.haproxy_answers import AnswerError, TableEntry, parse_sessions, parse_table
+from services.sessiond.session_book import Observed
+
+log = logging.getLogger(__name__)
+
+TABLE = "authid_sessions"
+KIND = "proxy"
+
+
+class HaproxyTrouble(Exception):
+    """haproxy is down or answered garbage; the text says which. Retried next tick."""
+
+
+class ProxyAdapter:
+    kind = KIND
+
+    def __init__(self, admin: HaproxyAdmin, log_port: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.admin = admin
+        self.log_port = log_port
+        self.clients = ClientMap(clock)
+        self.clock = clock
+        self.last: dict[str, TableEntry] | None = None   # previous poll, None before one
+        self.shut: dict[tuple[str, str], float] = {}     # (ptr, src) -> when shut down
+        self.sock: socket.socket | None = None
+
+    # --- request log ---
+    def open_log(self) -> socket.socket:
+        self.sock = open_log_socket(self.log_port)
+        return self.sock
+
+    def read_log(self) -> None:
+        if self.sock is not None:
+            drain(self.sock, self.clients)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # --- what is live ---
+    def _ask(self, command: str) -> str:
+        try:
+            return self.admin.command(command)
+        except OSError as exc:   # HaproxyUnavailable, a reset, a timeout
+            raise HaproxyTrouble(str(exc)) from exc
+
+    def poll(self) -> dict[str, Observed]:
+        """Live proxy sessions by table key (= authid); raises HaproxyTrouble."""
+        self.read_log()  # learn the newest client connections before judging liveness
+        try:
+            entries = {e.key: e for e in parse_table(self._ask(f"show table {TABLE}"), TABLE)}
+        except AnswerError as exc:
+            raise HaproxyTrouble(f"show table {TABLE}: {exc}") from exc
+        before = self.last
+        self.last = entries
+        live: dict[str, Observed] = {}
+        for key, entry in entries.items():
+            prev = before.get(key) if before is not None else entry
+            # a key new since the last poll (or counters reset by a haproxy restart)
+            # counts from zero; on the first poll only conn_cur says live
+            if prev is None or prev.http_req_cnt > entry.http_req_cnt:
+                prev = TableEntry(key, 0, 0, 0, 0)
+            if entry.conn_cur > 0 or entry.http_req_cnt > prev.http_req_cnt:
+                live[key] = Observed(ref=key, authid=key,
+                                     source=self.clients.source_of.get(key, ""),
+                                     bytes_in=entry.bytes_in, bytes_out=entry.bytes_out,
+                                     base_in=prev.bytes_in, base_out=prev.bytes_out)
+        return live
+
+    # --- cutting ---
+    def cut(self, authid: str) -> int:
+        """Shut down every stream whose client connection carried `authid`; returns how
+        many were shut down now (streams already shut and not yet freed are not counted
+        again). Raises HaproxyTrouble."""
+        self.read_log()
+        clients = self.clients.clients_of(authid)
+        if not clients:
+            return 0
+        try:
+            streams = parse_sessions(self._ask("show sess"))
+        except AnswerError as exc:
+            raise HaproxyTrouble(f"show sess: {exc}") from exc
+        now = self.clock()
+        count = 0
+        for stream in streams:
+            if stream.src not in clients:
+                continue
+            # right after `show sess`: a freed stream's pointer may be reused later
+            answer = self._ask(f"shutdown session {stream.ptr}")
+            if answer.strip():
+                log.debug("shutdown session %s: %s", stream.ptr, answer.strip())
+                continue
+            if (stream.ptr, stream.src) not in self.shut:
+                count += 1
+            self.shut[(stream.ptr, stream.src)] = now
+        for key in [k for k, at in self.shut.items() if at < now - 10]:
+            del self.shut[key]
+        return count
+
+    def prune(self) -> None:
+        """Forget client connections that no longer exist (run now and then)."""
+        try:
+            streams = parse_sessions(self._ask("show sess"))
+        except (AnswerError, HaproxyTrouble) as exc:
+            log.debug("client map prune skipped: %s", exc)
+            return
+        self.read_log()
+        dropped = self.clients.prune({s.src for s in streams}, older_than=5.0)
+        if dropped:
+            log.debug("client map: forgot %d closed connections", dropped)

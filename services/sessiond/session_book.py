@@ -1,0 +1,100 @@
+"""The open session rows of one kind, kept in step with what the kind's adapter observes.
+
+Kind-agnostic (ROADMAP: VPN sessions plug in with their own adapter): an adapter reports
+the sessions it sees live as `Observed` (keyed by its own handle, `ref`), and the book opens
+a ledger row for a new one, closes the row of one no longer seen and keeps byte counters,
+each change with its bus message queued in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from lthn.authid import short
+from lthn.ledger import SessionRow, Tx
+from lthn.messages import SessionClosed, SessionOpened
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One live session as an adapter sees it now. Counters are cumulative for `ref`
+    (they may include earlier sessions); `base_*` is where they stood before this one."""
+    ref: str
+    authid: str
+    source: str
+    bytes_in: int
+    bytes_out: int
+    base_in: int = 0
+    base_out: int = 0
+
+
+@dataclass
+class _Open:
+    id: int
+    authid: str
+    base_in: int | None       # None: inherited from before a restart, not observed yet
+    base_out: int | None
+    bytes_in: int
+    bytes_out: int
+    cut_reason: str = ""
+
+
+class SessionBook:
+    def __init__(self, kind: str, open_rows: list[SessionRow]) -> None:
+        self.kind = kind
+        self.open: dict[str, _Open] = {
+            r.adapter_ref: _Open(r.id, r.authid, None, None, r.bytes_in, r.bytes_out)
+            for r in open_rows if r.kind == kind}
+
+    @property
+    def authids(self) -> set[str]:
+        """Authids with an open session of this kind."""
+        return {s.authid for s in self.open.values()}
+
+    def mark_cut(self, authid: str, reason: str) -> None:
+        """The adapter cut this authid's connections: its rows close as cut."""
+        for session in self.open.values():
+            if session.authid == authid:
+                session.cut_reason = reason
+
+    def apply(self, tx: Tx, observed: dict[str, Observed],
+              gone_reason: str = "ended") -> set[str]:
+        """Open, update and close rows so they match `observed`; returns the authids
+        whose session closed now."""
+        closed: set[str] = set()
+        for ref in [r for r, s in self.open.items()
+                    if r not in observed or observed[r].authid != s.authid]:
+            session = self.open.pop(ref)
+            reason = f"cut, {session.cut_reason}" if session.cut_reason else gone_reason
+            # OPEN -> CLOSED
+            tx.close_session(session.id, reason, session.bytes_in, session.bytes_out)
+            tx.emit(SessionClosed(session_id=session.id, kind=self.kind,
+                                  authid=session.authid, reason=reason,
+                                  bytes_in=session.bytes_in, bytes_out=session.bytes_out))
+            log.info("session %d: closed (%s), authid %s, %d bytes in, %d out", session.id,
+                     reason, short(session.authid), session.bytes_in, session.bytes_out)
+            closed.add(session.authid)
+        for ref, seen in observed.items():
+            session = self.open.get(ref)
+            if session is None:
+                # (none) -> OPEN
+                sid = tx.open_session(self.kind, seen.authid, seen.source, ref)
+                self.open[ref] = _Open(sid, seen.authid, seen.base_in, seen.base_out, 0, 0)
+                tx.emit(SessionOpened(session_id=sid, kind=self.kind, authid=seen.authid,
+                                      source=seen.source))
+                log.info("session %d: opened, authid %s from %s", sid, short(seen.authid),
+                         seen.source or "?")
+                session = self.open[ref]
+            if session.base_in is None or session.base_out is None:
+                # inherited row: what it had counted is already in the counters
+                session.base_in = seen.bytes_in - session.bytes_in
+                session.base_out = seen.bytes_out - session.bytes_out
+            bytes_in = max(0, seen.bytes_in - session.base_in)
+            bytes_out = max(0, seen.bytes_out - session.base_out)
+            if (bytes_in, bytes_out) != (session.bytes_in, session.bytes_out):
+                session.bytes_in, session.bytes_out = bytes_in, bytes_out
+                tx.update_session_bytes(session.id, bytes_in, bytes_out)
+        return closed

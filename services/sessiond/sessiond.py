@@ -1,0 +1,138 @@
+"""sessiond: tracks sessions, charges time per tick, cuts what may no longer run (issue #4).
+
+Every `sessions.tick` seconds, in one ledger transaction: the adapter's view of live
+sessions is written to the session rows, then every active authid is charged
+(`charging.charge_tick`). After the commit, authids that ran dry are cut at once; so are
+authids deactivated by anyone else (`authid.deactivated` on the bus), and live authids
+the ledger no longer calls active (a missed message, a restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import zmq
+
+from lthn.authid import short
+from lthn.bus import Envelope
+from lthn.config import Config
+from lthn.daemon import Daemon
+from lthn.haproxy_runtime import HaproxyAdmin
+from lthn.ledger import Ledger
+from lthn.messages import AuthidDeactivated, ControlResync, SessionCut
+from services.sessiond import charging
+from services.sessiond.proxy_sessions import HaproxyTrouble, ProxyAdapter
+from services.sessiond.session_book import SessionBook
+
+log = logging.getLogger(__name__)
+
+# haproxy unreachable this long: its sessions are closed rather than charged on (#4)
+OUTAGE_CLOSE_AFTER = 10.0
+PRUNE_EVERY = 30.0
+
+
+class Sessiond(Daemon):
+    name = "sessiond"
+    prefixes = ["authid.deactivated", "control.resync"]
+
+    def __init__(self, config: Config, ctx: zmq.Context, ledger: Ledger,
+                 adapter: ProxyAdapter | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(config, ctx, ledger)
+        self.tracking = config.sessions.tracking
+        self.clock = clock
+        self.adapter: ProxyAdapter | None = None
+        if self.tracking:
+            self.adapter = adapter or ProxyAdapter(
+                HaproxyAdmin(config.haproxy_admin_socket, timeout=1.0),
+                config.proxy.log_port + 1)
+        self.book = SessionBook("proxy", ledger.open_sessions("proxy"))
+        self.hints = charging.Hints()
+        self.last_poll_ok = clock()
+        self.trouble = ""              # the last haproxy problem logged (logged once)
+        self.stuck: set[str] = set()   # authids cut but still live (logged once)
+
+    def start(self) -> None:
+        if self.adapter is not None:
+            self.watch(self.adapter.open_log(), self.adapter.read_log)
+            self.timers.every(PRUNE_EVERY, self.adapter.prune, first=PRUNE_EVERY)
+            log.info("sessiond: tracking proxy sessions (request log on 127.0.0.1:%d)",
+                     self.adapter.log_port)
+        else:
+            log.info("sessiond: session tracking is off; charging wallclock time")
+        self.timers.every(self.config.sessions.tick, self.tick)
+
+    def stop(self) -> None:
+        if self.adapter is not None:
+            self.adapter.close()
+
+    # --- the tick ---
+    def observe(self) -> dict | None:
+        """The adapter's live sessions, or None when haproxy cannot tell us now."""
+        if self.adapter is None:
+            return None
+        try:
+            live = self.adapter.poll()
+        except HaproxyTrouble as exc:
+            if str(exc) != self.trouble:
+                log.warning("haproxy: %s; retrying every tick", exc)
+                self.trouble = str(exc)
+            return None
+        if self.trouble:
+            log.info("haproxy: answering again")
+            self.trouble = ""
+        self.last_poll_ok = self.clock()
+        return live
+
+    def tick(self) -> None:
+        live = self.observe()
+        with self.ledger.transaction() as tx:
+            closed: set[str] = set()
+            if live is not None:
+                closed = self.book.apply(tx, live)
+            elif self.adapter is not None and self.book.open and \
+                    self.clock() - self.last_poll_ok > OUTAGE_CLOSE_AFTER:
+                closed = self.book.apply(tx, {}, gone_reason="haproxy unavailable")
+            result = charging.charge_tick(tx, self.config, self.book.authids | closed,
+                                          self.hints)
+            active = {r.authid for r in tx.authids_in(("ACTIVE",))}
+        for authid in result.deactivated:
+            log.info("authid %s: deactivated, credit exhausted", short(authid))
+            self.cut(authid, "credit exhausted")
+        for authid in self.book.authids - active - set(result.deactivated):
+            # live but not active: deactivated while we were not listening
+            self.cut(authid, "not active")
+
+    # --- cutting ---
+    def on_message(self, env: Envelope) -> None:
+        msg = env.message
+        if isinstance(msg, AuthidDeactivated):
+            self.cut(msg.authid, msg.reason)
+        elif isinstance(msg, ControlResync):
+            self.hints = charging.Hints()   # re-read every authid's sessions next tick
+
+    def cut(self, authid: str, reason: str) -> int:
+        """Cut the authid's live sessions (never with tracking off); returns how many."""
+        if self.adapter is None:
+            return 0
+        try:
+            count = self.adapter.cut(authid)
+        except HaproxyTrouble as exc:
+            log.warning("authid %s: cannot cut now (%s); retrying next tick", short(authid),
+                        exc)
+            return 0
+        if count:
+            self.book.mark_cut(authid, reason)
+            with self.ledger.transaction() as tx:
+                tx.audit(charging.ACTOR, "cut", authid, connections=count, reason=reason)
+                tx.emit(SessionCut(authid=authid, kind=self.adapter.kind, connections=count,
+                                   reason=reason))
+            log.info("authid %s: cut %d connections, %s", short(authid), count, reason)
+            self.stuck.discard(authid)
+        elif authid in self.book.authids and authid not in self.stuck:
+            self.stuck.add(authid)
+            log.warning("authid %s: live but no known client connection to cut (%s)",
+                        short(authid), reason)
+        return count

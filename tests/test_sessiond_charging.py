@@ -1,0 +1,265 @@
+"""sessiond's charging on a real ledger file with a clock moved by hand (issue #4).
+
+Cost 0.000006 coin/min = 600 atomic units per minute = 10 per second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lthn import access
+from lthn.config import parse
+from lthn.ledger import Ledger
+from services.sessiond import charging
+from services.sessiond.charging import Policy, Span, billable_ms, plan
+from services.sessiond.session_book import Observed, SessionBook
+
+AUTHID = "1A00112233445566"
+T0 = 1_700_000_000.0
+
+
+class HandClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_config(tmp_path: Path, billing: str = "connected", grace: float = 5.0,
+                tracking: bool = True, max_wait: float = 30.0, cost: str = "0.000006",
+                prepaid: int = 1):
+    return parse({
+        "provider": {"id": "ab" * 32},
+        "state_dir": str(tmp_path),
+        "services": [{"id": "1A", "name": "proxy", "type": "proxy", "cost": cost,
+                      "firstPrePaidMinutes": prepaid, "billing": billing,
+                      "idleGrace": grace}],
+        "sessions": {"tracking": tracking, "max_wait_to_spend": max_wait, "tick": 1.0},
+    }, "test.yaml")
+
+
+class Node:
+    """What sessiond keeps between ticks (its book and hints) over a real ledger."""
+
+    def __init__(self, path: Path, config, clock: HandClock) -> None:
+        self.path, self.config, self.clock = path, config, clock
+        self.ledger = Ledger.open(path, clock=clock)
+        self.book = SessionBook("proxy", self.ledger.open_sessions("proxy"))
+        self.hints = charging.Hints()
+
+    def activate(self, amount: int) -> None:
+        rules = access.rules_for(self.config, self.config.services[0])
+        with self.ledger.transaction() as tx:
+            row = tx.ensure_authid(AUTHID, "1A")
+            tx.update_authid(AUTHID, credit=row.credit + amount)
+            row = access.reevaluate(tx, tx.authid(AUTHID), rules, "test")
+        assert row.state == "ACTIVE"
+
+    def tick(self, at: float, live: bool = False) -> charging.TickResult:
+        self.clock.now = T0 + at
+        observed = {AUTHID: Observed(AUTHID, AUTHID, "127.0.0.1", 0, 0)} if live else {}
+        with self.ledger.transaction() as tx:
+            closed = self.book.apply(tx, observed)
+            return charging.charge_tick(tx, self.config, self.book.authids | closed,
+                                        self.hints)
+
+    def restart(self) -> Node:
+        """As after SIGKILL: memory gone, the ledger file is all that is left."""
+        self.ledger.conn.close()
+        return Node(self.path, self.config, self.clock)
+
+    @property
+    def row(self):
+        return self.ledger.authid(AUTHID)
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path):
+    nodes = []
+
+    def make(**settings) -> Node:
+        node = Node(tmp_path / "ledger.sqlite", make_config(tmp_path, **settings),
+                    HandClock())
+        nodes.append(node)
+        node.activate(6000)   # 10 minutes
+        return node
+    yield make
+    for node in nodes:
+        node.ledger.close()
+
+
+# --- pure decisions ---
+
+def test_billable_wallclock_is_all_the_time():
+    assert billable_ms("wallclock", 1000, 4500, [], 0) == 3500
+    assert billable_ms("wallclock", 5000, 4500, [], 0) == 0
+
+
+def test_billable_connected_is_the_union_of_sessions_plus_grace():
+    spans = [Span(0, 2000), Span(1000, 3000), Span(10_000, None)]
+    # [0, 3000 + 500] and [10000, now]; before `since` is not charged again
+    assert billable_ms("connected", 500, 12_000, spans, 500) == 3000 + 2000
+    assert billable_ms("connected", 0, 12_000, [], 500) == 0
+
+
+def test_plan_does_not_start_spending_before_a_session_or_the_max_wait(node_factory):
+    node = node_factory()
+    policy = Policy(tracking=True, max_wait_ms=30_000)
+    row = node.row
+    now = charging.to_ms(T0 + 29.999)
+    assert plan(row, now, [], "wallclock", 0, policy) == charging.Plan(None, "", 0)
+    first = plan(row, now, [Span(charging.to_ms(T0 + 20), None)], "wallclock", 0, policy)
+    assert first == charging.Plan(charging.to_ms(T0 + 20), "first session", 9999)
+
+
+# --- ticks on the ledger ---
+
+def test_wallclock_starts_after_max_wait_and_runs_without_sessions(node_factory):
+    node = node_factory(billing="wallclock", max_wait=30.0)
+    assert node.tick(10).charged == {}
+    assert node.row.spending_since is None
+    node.tick(30)
+    assert node.row.spending_since == pytest.approx(T0 + 30)
+    assert node.tick(40).charged == {AUTHID: 100}
+    assert node.tick(41).charged == {AUTHID: 10}
+    assert (node.row.spent, node.row.charged_ms) == (110, 11_000)
+
+
+def test_wallclock_starts_at_the_first_session_and_keeps_running_after_it(node_factory):
+    node = node_factory(billing="wallclock", max_wait=1800.0)
+    node.tick(4)
+    for t in (5, 6, 7, 8):
+        node.tick(t, live=True)
+    assert node.row.spending_since == pytest.approx(T0 + 5)
+    node.tick(20)   # session gone, wallclock keeps charging
+    assert (node.row.spent, node.row.charged_ms) == (150, 15_000)
+
+
+def test_connected_charges_sessions_plus_idle_grace_only(node_factory):
+    node = node_factory(billing="connected", grace=5.0, max_wait=1800.0)
+    node.tick(4)
+    for t in (5, 6, 7, 8):
+        node.tick(t, live=True)
+    for t in range(9, 31):
+        node.tick(t)            # closed at 9; charged until 9 + 5 grace
+    assert node.row.charged_ms == 9_000
+    for t in (40, 41, 42):      # a new session: the idle gap 14..40 is not charged
+        node.tick(t, live=True)
+    assert node.row.charged_ms == 11_000
+    assert node.row.spent == 110
+
+
+def test_connected_with_max_wait_but_no_session_marks_spending_and_charges_nothing(
+        node_factory):
+    node = node_factory(billing="connected", max_wait=10.0)
+    node.tick(11)
+    node.tick(60)
+    assert node.row.spending_since == pytest.approx(T0 + 10)
+    assert (node.row.spent, node.row.charged_ms) == (0, 0)
+
+
+def test_tracking_off_spends_wallclock_from_activation(node_factory):
+    node = node_factory(billing="connected", tracking=False, max_wait=1800.0)
+    node.tick(7)
+    assert node.row.spending_since == pytest.approx(T0)
+    assert (node.row.spent, node.row.charged_ms) == (70, 7_000)
+
+
+def test_charging_is_exact_integers_over_odd_ticks(node_factory, tmp_path):
+    node = node_factory(billing="wallclock", max_wait=0.0, cost="0.00000007")  # 7/min
+    node.activate(10_000)
+    at = 0.0
+    for _ in range(500):
+        at += 0.333
+        node.tick(at)
+    total_ms = node.row.charged_ms
+    assert total_ms == charging.to_ms(T0 + at) - charging.to_ms(T0)
+    assert node.row.spent == 7 * total_ms // 60_000
+    with node.ledger.transaction() as tx:
+        assert tx.spends_total(AUTHID) == node.row.spent
+
+
+def test_exhaustion_deactivates_without_overdraft(node_factory):
+    node = node_factory(billing="wallclock", max_wait=0.0)   # 6000 = 10 minutes
+    node.ledger.take_outbox()
+    deactivated = []
+    t = 0
+    while not deactivated and t < 700:
+        t += 1
+        deactivated = node.tick(t).deactivated
+    assert deactivated == [AUTHID] and t == 600
+    row = node.row
+    assert (row.state, row.spent, row.credit) == ("DEPLETED", 6000, 6000)
+    topics = [m.topic for m in node.ledger.take_outbox()]
+    assert topics.count("authid.deactivated") == 1
+    assert node.tick(700).charged == {}   # a depleted authid is not charged
+
+
+def test_restart_neither_double_charges_nor_loses_time(node_factory):
+    node = node_factory(billing="wallclock", max_wait=0.0)
+    for t in range(1, 11):
+        node.tick(t)
+    assert node.row.charged_ms == 10_000
+    node = node.restart()
+    node.tick(10.5)            # the same second again after a restart: half a second more
+    node.tick(13)              # the time sessiond was down is charged once
+    assert node.row.charged_ms == 13_000
+    assert node.row.spent == 130
+
+
+def test_a_tick_that_dies_before_commit_charges_nothing_and_is_caught_up(node_factory):
+    node = node_factory(billing="wallclock", max_wait=0.0)
+    node.tick(5)
+    node.clock.now = T0 + 6
+    with pytest.raises(RuntimeError), node.ledger.transaction() as tx:
+        charging.charge_tick(tx, node.config, set(), node.hints)
+        raise RuntimeError("killed mid-tick")
+    assert node.row.charged_ms == 5_000
+    node = node.restart()
+    node.tick(7)
+    assert node.row.charged_ms == 7_000
+
+
+def test_restart_with_an_open_connected_session_charges_it_once(node_factory):
+    node = node_factory(billing="connected", grace=2.0, max_wait=1800.0)
+    for t in (1, 2, 3):
+        node.tick(t, live=True)
+    assert node.row.charged_ms == 2_000
+    node = node.restart()
+    assert node.book.authids == {AUTHID}      # the open row is inherited
+    node.tick(4, live=True)
+    node.tick(5)                             # ended; grace 2 s
+    for t in range(6, 12):
+        node.tick(t)
+    assert node.row.charged_ms == 6_000      # 1..5 live, 5..7 grace
+    sessions = node.ledger.conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    assert sessions == 1
+
+
+def test_restart_in_idle_grace_still_charges_the_rest_of_the_grace(node_factory):
+    node = node_factory(billing="connected", grace=5.0, max_wait=1800.0)
+    for t in (1, 2, 3):
+        node.tick(t, live=True)
+    node.tick(4)                             # closed at 4, grace until 9
+    node = node.restart()                    # hints lost: the ledger must tell
+    node.tick(6)
+    node.tick(20)
+    assert node.row.charged_ms == 8_000      # 1..4 live + 4..9 grace
+
+
+def test_session_rows_and_messages(node_factory):
+    node = node_factory(billing="connected")
+    node.ledger.take_outbox()
+    node.tick(1, live=True)
+    node.tick(2, live=True)
+    node.book.mark_cut(AUTHID, "credit exhausted")
+    node.tick(3)
+    msgs = node.ledger.take_outbox()
+    opened = [m for m in msgs if m.topic == "session.opened"]
+    closed = [m for m in msgs if m.topic == "session.closed"]
+    assert len(opened) == 1 and opened[0].kind == "proxy" and opened[0].source == "127.0.0.1"
+    assert len(closed) == 1 and closed[0].reason == "cut, credit exhausted"
+    assert node.ledger.open_sessions() == []
