@@ -349,10 +349,15 @@ class RegtestChain:
 
     def pay(self, authid: str, amount_atomic: int) -> str:
         """Pay the provider for `authid` (its payment id); returns the txid."""
+        with self.lock:
+            return self.pay_address(self.integrated_address(authid), amount_atomic)
+
+    def pay_address(self, address: str, amount_atomic: int) -> str:
+        """Pay an address (e.g. an integrated address made earlier, while the provider
+        wallet was up); returns the txid. Needs only the payer wallet and the daemon."""
         if amount_atomic <= 0:
             raise RegtestError(f"amount must be positive (got {amount_atomic})")
         with self.lock:
-            address = self.integrated_address(authid)
             try:
                 return self._transfer([(address, amount_atomic)])
             except RegtestError as exc:

@@ -1,0 +1,132 @@
+"""lthn-paymentd: polls the provider's wallet and credits authids (issue #3).
+
+One poll: refresh the wallet, read its height, list incoming transfers (mined above the
+scan height, and the pool), ask about watched payments the list no longer shows, then
+apply it all in one ledger transaction (crediting.py). The daemon loop publishes the
+queued messages after commit.
+
+Wallet states (published as wallet.state, one log line per change):
+  UNKNOWN -> UP      first good poll
+  UP      -> DOWN    a poll failed (unreachable, slow, garbage); retry with backoff
+  DOWN    -> UP      a poll worked again; the scan height makes it catch up
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+import zmq
+
+from lthn.config import Config
+from lthn.daemon import Daemon, run_daemon
+from lthn.ledger import Ledger
+from lthn.messages import WalletState
+from services.paymentd.crediting import Crediting
+from services.paymentd.wallet_rpc import Transfer, WalletClient, WalletError
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+class Wallet(enum.Enum):
+    UNKNOWN = "UNKNOWN"
+    UP = "UP"
+    DOWN = "DOWN"
+
+
+class Paymentd(Daemon):
+    name = "paymentd"
+    prefixes: list[str] = []
+
+    def __init__(self, config: Config, ctx: zmq.Context, ledger: Ledger) -> None:
+        super().__init__(config, ctx, ledger)
+        w = config.wallet
+        self.wallet = WalletClient(w.url, w.user, w.password, w.dialect, w.timeout)
+        self.crediting = Crediting(config)
+        self.state = Wallet.UNKNOWN
+        self.failures = 0
+        self.height = 0
+
+    def start(self) -> None:
+        log.info("paymentd: watching %s wallet at %s every %.2f s, from block %d",
+                 self.config.wallet.dialect, self.config.wallet.url,
+                 self.config.wallet.poll_interval, self.crediting.scan_height(self.ledger) + 1)
+        self.timers.after(0.0, self.poll)
+
+    def stop(self) -> None:
+        self.wallet.close()
+
+    # --- one poll, then schedule the next ---
+
+    def poll(self) -> None:
+        try:
+            self.poll_once()
+        except WalletError as exc:
+            self.wallet_down(str(exc))
+        except Exception as exc:
+            # a bug must not stop crediting for good: log it, back off, try again
+            log.exception("paymentd: poll failed")
+            self.wallet_down(f"internal error: {type(exc).__name__}")
+        else:
+            self.wallet_up()
+        self.timers.after(self.next_delay(), self.poll)
+
+    def poll_once(self) -> None:
+        self.wallet.refresh()
+        height = self.wallet.get_height()
+        transfers = self.wallet.get_transfers(self.crediting.query_height(self.ledger))
+        vanished: list[str] = []
+        extra: list[Transfer] = []
+        for txid in self.crediting.missing(self.ledger, transfers):
+            # not listed any more: only the wallet's own word makes it gone (issue #3)
+            found = self.wallet.get_transfer_by_txid(txid)
+            if found:
+                extra += found
+            else:
+                vanished.append(txid)
+        with self.ledger.transaction() as tx:
+            outcome = self.crediting.apply(tx, transfers + extra, height, vanished)
+        self.height = height
+        outcome.log(log)
+
+    def next_delay(self) -> float:
+        interval = self.config.wallet.poll_interval
+        if self.state is not Wallet.DOWN:
+            return interval
+        # 1, 2, 4 ... times the poll interval, capped: a wallet that comes back is seen soon
+        return min(MAX_BACKOFF, interval * 2 ** min(self.failures - 1, 16))
+
+    # --- wallet state edges ---
+
+    def wallet_up(self) -> None:
+        if self.state is Wallet.UP:
+            return
+        if self.state is Wallet.DOWN:
+            log.info("wallet %s: up again at height %d after %d failed polls",
+                     self.config.wallet.url, self.height, self.failures)
+        else:
+            log.info("wallet %s: up at height %d", self.config.wallet.url, self.height)
+        # UNKNOWN/DOWN -> UP
+        self.state, self.failures = Wallet.UP, 0
+        self.publish(WalletState(up=True, height=self.height, error=""))
+
+    def wallet_down(self, error: str) -> None:
+        self.failures += 1
+        if self.state is Wallet.DOWN:
+            log.debug("wallet %s: still down (%s)", self.config.wallet.url, error)
+            return
+        # UNKNOWN/UP -> DOWN
+        self.state = Wallet.DOWN
+        log.warning("wallet %s: down (%s); retrying with backoff up to %.0f s",
+                    self.config.wallet.url, error, MAX_BACKOFF)
+        self.publish(WalletState(up=False, height=self.height, error=error[:200]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_daemon(Paymentd, argv, description="Credit payments from the provider wallet.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
