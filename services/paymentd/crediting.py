@@ -99,7 +99,8 @@ class Crediting:
             for p in tx.watched_payments(self.watch_confirmations):
                 if p.state == "in":
                     low = min(low, p.height - 1)
-        return max(0, low)
+        # never below the configured first block: what came before is not ours to credit
+        return max(0, self.config.wallet.start_height - 1, low)
 
     def missing(self, ledger: Ledger, transfers: Iterable[Transfer]) -> list[str]:
         """Txids of watched payments the listing no longer shows: ask the wallet about
