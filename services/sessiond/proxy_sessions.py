@@ -65,7 +65,8 @@ class ProxyAdapter:
             raise HaproxyTrouble(str(exc)) from exc
 
     def poll(self) -> dict[str, Observed]:
-        """Live proxy sessions by table key (= authid); raises HaproxyTrouble."""
+        """Every table entry by key (= authid), `live` or not (a session that ended
+        carries its final byte counters); raises HaproxyTrouble."""
         self.read_log()  # learn the newest client connections before judging liveness
         try:
             entries = {e.key: e for e in parse_table(self._ask(f"show table {TABLE}"), TABLE)}
@@ -80,11 +81,11 @@ class ProxyAdapter:
             # counts from zero; on the first poll only conn_cur says live
             if prev is None or prev.http_req_cnt > entry.http_req_cnt:
                 prev = TableEntry(key, 0, 0, 0, 0)
-            if entry.conn_cur > 0 or entry.http_req_cnt > prev.http_req_cnt:
-                live[key] = Observed(ref=key, authid=key,
-                                     source=self.clients.source_of.get(key, ""),
-                                     bytes_in=entry.bytes_in, bytes_out=entry.bytes_out,
-                                     base_in=prev.bytes_in, base_out=prev.bytes_out)
+            live[key] = Observed(
+                ref=key, authid=key, source=self.clients.source_of.get(key, ""),
+                bytes_in=entry.bytes_in, bytes_out=entry.bytes_out,
+                base_in=prev.bytes_in, base_out=prev.bytes_out,
+                live=entry.conn_cur > 0 or entry.http_req_cnt > prev.http_req_cnt)
         return live
 
     # --- cutting ---

@@ -29,6 +29,7 @@ class Observed:
     bytes_out: int
     base_in: int = 0
     base_out: int = 0
+    live: bool = True    # False: seen but no longer live (its final counters)
 
 
 @dataclass
@@ -66,8 +67,12 @@ class SessionBook:
         whose session closed now."""
         closed: set[str] = set()
         for ref in [r for r, s in self.open.items()
-                    if r not in observed or observed[r].authid != s.authid]:
+                    if r not in observed or not observed[r].live
+                    or observed[r].authid != s.authid]:
             session = self.open.pop(ref)
+            final = observed.get(ref)
+            if final is not None and final.authid == session.authid:
+                self._count(session, final)   # counters are final once streams end
             reason = f"cut, {session.cut_reason}" if session.cut_reason else gone_reason
             # OPEN -> CLOSED
             tx.close_session(session.id, reason, session.bytes_in, session.bytes_out)
@@ -78,6 +83,8 @@ class SessionBook:
                      reason, short(session.authid), session.bytes_in, session.bytes_out)
             closed.add(session.authid)
         for ref, seen in observed.items():
+            if not seen.live:
+                continue
             session = self.open.get(ref)
             if session is None:
                 # (none) -> OPEN
@@ -88,13 +95,20 @@ class SessionBook:
                 log.info("session %d: opened, authid %s from %s", sid, short(seen.authid),
                          seen.source or "?")
                 session = self.open[ref]
-            if session.base_in is None or session.base_out is None:
-                # inherited row: what it had counted is already in the counters
-                session.base_in = seen.bytes_in - session.bytes_in
-                session.base_out = seen.bytes_out - session.bytes_out
-            bytes_in = max(0, seen.bytes_in - session.base_in)
-            bytes_out = max(0, seen.bytes_out - session.base_out)
-            if (bytes_in, bytes_out) != (session.bytes_in, session.bytes_out):
-                session.bytes_in, session.bytes_out = bytes_in, bytes_out
-                tx.update_session_bytes(session.id, bytes_in, bytes_out)
+            if self._count(session, seen):
+                tx.update_session_bytes(session.id, session.bytes_in, session.bytes_out)
         return closed
+
+    @staticmethod
+    def _count(session: _Open, seen: Observed) -> bool:
+        """Take the session's bytes from the counters; True when they changed."""
+        if session.base_in is None or session.base_out is None:
+            # inherited row: what it had counted is already in the counters
+            session.base_in = seen.bytes_in - session.bytes_in
+            session.base_out = seen.bytes_out - session.bytes_out
+        counted = (max(0, seen.bytes_in - session.base_in),
+                   max(0, seen.bytes_out - session.base_out))
+        if counted == (session.bytes_in, session.bytes_out):
+            return False
+        session.bytes_in, session.bytes_out = counted
+        return True

@@ -56,7 +56,8 @@ class Sessiond(Daemon):
 
     def start(self) -> None:
         if self.adapter is not None:
-            self.watch(self.adapter.open_log(), self.adapter.read_log)
+            # by file descriptor: zmq.Poller reports plain sockets by fd
+            self.watch(self.adapter.open_log().fileno(), self.adapter.read_log)
             self.timers.every(PRUNE_EVERY, self.adapter.prune, first=PRUNE_EVERY)
             log.info("sessiond: tracking proxy sessions (request log on 127.0.0.1:%d)",
                      self.adapter.log_port)
@@ -131,7 +132,9 @@ class Sessiond(Daemon):
                                    reason=reason))
             log.info("authid %s: cut %d connections, %s", short(authid), count, reason)
             self.stuck.discard(authid)
-        elif authid in self.book.authids and authid not in self.stuck:
+        elif authid in self.book.authids and authid not in self.stuck and \
+                not self.adapter.clients.clients_of(authid):
+            # e.g. streams opened before a sessiond restart: the request log is gone
             self.stuck.add(authid)
             log.warning("authid %s: live but no known client connection to cut (%s)",
                         short(authid), reason)
