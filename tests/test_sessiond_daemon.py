@@ -1,0 +1,141 @@
+"""The Sessiond daemon's tick and cut paths, in-process with a hand-moved clock and an
+admin socket that is missing or answers garbage (never a crash, issue #4)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import zmq
+
+from lthn import access
+from lthn.bus import Envelope
+from lthn.config import parse
+from lthn.ledger import Ledger
+from lthn.messages import AuthidDeactivated
+from services.sessiond import sessiond as sessiond_mod
+from services.sessiond.sessiond import Sessiond
+from tests.fixtures.node import free_port_pair
+
+AUTHID = "1A00112233445566"
+T0 = 1_700_000_000.0
+
+
+class HandClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class GarbageAdmin:
+    """A unix socket where haproxy's admin socket should be, answering nonsense."""
+
+    def __init__(self, path: Path, answer: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.answer = answer
+        self.asked = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                self.asked += 1
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path):
+    made = []
+    ctx = zmq.Context()
+
+    def make(tracking: bool = True, billing: str = "wallclock") -> tuple[Sessiond, HandClock,
+                                                                         HandClock]:
+        config = parse({
+            "provider": {"id": "ab" * 32}, "state_dir": str(tmp_path / "state"),
+            "services": [{"id": "1A", "name": "p", "type": "proxy", "cost": "0.000006",
+                          "firstPrePaidMinutes": 1, "billing": billing, "idleGrace": 1}],
+            "proxy": {"log_port": free_port_pair()},
+            "sessions": {"tracking": tracking, "max_wait_to_spend": 0, "tick": 1.0},
+        }, "test.yaml")
+        wall, mono = HandClock(T0), HandClock(100.0)
+        ledger = Ledger.open(config.ledger_path, clock=wall)
+        with ledger.transaction() as tx:
+            tx.ensure_authid(AUTHID, "1A")
+            tx.update_authid(AUTHID, credit=6000)
+            access.reevaluate(tx, tx.authid(AUTHID), access.rules_for(
+                config, config.services[0]), "test")
+        daemon = Sessiond(config, ctx, ledger, clock=mono)
+        made.append(daemon)
+        return daemon, wall, mono
+    yield make
+    for daemon in made:
+        daemon.publisher.close()
+        if daemon.subscriber:
+            daemon.subscriber.close()
+        daemon.ledger.close()
+    ctx.destroy(linger=0)
+
+
+def test_no_admin_socket_logs_once_and_charges_on(daemon_factory, caplog):
+    daemon, wall, mono = daemon_factory()
+    caplog.set_level(logging.WARNING)
+    for t in range(1, 6):
+        wall.now, mono.now = T0 + t, 100.0 + t
+        daemon.tick()
+    warnings = [r for r in caplog.records if "haproxy" in r.getMessage()]
+    assert len(warnings) == 1 and "admin socket" in warnings[0].getMessage()
+    assert daemon.ledger.authid(AUTHID).charged_ms == 5000
+
+
+@pytest.mark.parametrize("answer", [
+    b"Unknown command, but maybe one of the following ones is a better match:\n",
+    b"# table: authid_sessions, type: string, size:1048576, used:1\n0xz: bogus\n",
+    b"\xff\xfe\x00garbage",
+])
+def test_garbage_answers_change_no_session_and_never_raise(daemon_factory, answer):
+    daemon, wall, mono = daemon_factory(billing="connected")
+    with daemon.ledger.transaction() as tx:   # a session sessiond had seen before
+        tx.open_session("proxy", AUTHID, "127.0.0.1", AUTHID)
+    daemon.book = sessiond_mod.SessionBook("proxy", daemon.ledger.open_sessions("proxy"))
+    server = GarbageAdmin(daemon.config.haproxy_admin_socket, answer)
+    try:
+        for t in (1, 2, 3):
+            wall.now, mono.now = T0 + t, 100.0 + t
+            daemon.tick()
+        assert server.asked >= 3
+        assert len(daemon.ledger.open_sessions()) == 1     # unknown is not "ended"
+        assert daemon.cut(AUTHID, "test") == 0              # cannot cut now, no raise
+        wall.now = T0 + 3 + sessiond_mod.OUTAGE_CLOSE_AFTER + 1
+        mono.now = 103.0 + sessiond_mod.OUTAGE_CLOSE_AFTER + 1
+        daemon.tick()
+    finally:
+        server.close()
+    assert daemon.ledger.open_sessions() == []
+    reasons = [m.reason for m in daemon.ledger.take_outbox() if m.topic == "session.closed"]
+    assert reasons == ["haproxy unavailable"]
+
+
+def test_tracking_off_has_no_adapter_and_never_cuts(daemon_factory):
+    daemon, wall, _ = daemon_factory(tracking=False)
+    assert daemon.adapter is None
+    daemon.on_message(Envelope(AuthidDeactivated(authid=AUTHID, reason="x"), "t.1", 1, T0))
+    assert daemon.cut(AUTHID, "x") == 0
+    wall.now = T0 + 2
+    daemon.tick()
+    assert daemon.ledger.authid(AUTHID).charged_ms == 2000   # wallclock from activation
