@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -148,6 +149,8 @@ def main() -> int:
     print(f"  credited before the bench saw it listed: {paymentd_first} (counted as 0 ms)")
     if args.keep:
         print(f"  logs in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -279,6 +279,10 @@ class Ledger:
     def meta(self, key: str) -> str | None:
         return Tx(self.conn, self.clock()).meta(key)
 
+    def watched_payments(self, confirmations_below: int) -> list[PaymentRow]:
+        """Payments still moving (see Tx.watched_payments), read without a write lock."""
+        return Tx(self.conn, self.clock()).watched_payments(confirmations_below)
+
     def rejected(self) -> list[tuple[str, str, int, str]]:
         return list(self.conn.execute(
             "SELECT txid, payment_id, amount, reason FROM rejected_transfers ORDER BY seen"))

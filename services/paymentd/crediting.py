@@ -95,10 +95,9 @@ class Crediting:
         """`min_height` for the next get_transfers (exclusive): low enough to list every
         payment still being watched, and a margin of blocks for short reorgs."""
         low = self.scan_height(ledger) - REORG_MARGIN
-        with ledger.transaction() as tx:
-            for p in tx.watched_payments(self.watch_confirmations):
-                if p.state == "in":
-                    low = min(low, p.height - 1)
+        for p in ledger.watched_payments(self.watch_confirmations):
+            if p.state == "in":
+                low = min(low, p.height - 1)
         # never below the configured first block: what came before is not ours to credit
         return max(0, self.config.wallet.start_height - 1, low)
 
@@ -106,8 +105,7 @@ class Crediting:
         """Txids of watched payments the listing no longer shows: ask the wallet about
         each one (get_transfer_by_txid) before calling it vanished."""
         listed = {t.txid for t in transfers}
-        with ledger.transaction() as tx:
-            watched = tx.watched_payments(self.watch_confirmations)
+        watched = ledger.watched_payments(self.watch_confirmations)
         return sorted({p.txid for p in watched
                        if p.state in ("pool", "in") and p.txid not in listed})
 
