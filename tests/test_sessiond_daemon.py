@@ -120,7 +120,7 @@ def test_garbage_answers_change_no_session_and_never_raise(daemon_factory, answe
             daemon.tick()
         assert server.asked >= 3
         assert len(daemon.ledger.open_sessions()) == 1     # unknown is not "ended"
-        assert daemon.cut(AUTHID, "test") == 0              # cannot cut now, no raise
+        assert not any(daemon.cut({AUTHID: "test"}).values())   # cannot cut now, no raise
         wall.now = T0 + 3 + sessiond_mod.OUTAGE_CLOSE_AFTER + 1
         mono.now = 103.0 + sessiond_mod.OUTAGE_CLOSE_AFTER + 1
         daemon.tick()
@@ -135,7 +135,7 @@ def test_tracking_off_has_no_adapter_and_never_cuts(daemon_factory):
     daemon, wall, _ = daemon_factory(tracking=False)
     assert daemon.adapter is None
     daemon.on_message(Envelope(AuthidDeactivated(authid=AUTHID, reason="x"), "t.1", 1, T0))
-    assert daemon.cut(AUTHID, "x") == 0
+    assert daemon.cut({AUTHID: "x"}) == {}
     wall.now = T0 + 2
     daemon.tick()
     assert daemon.ledger.authid(AUTHID).charged_ms == 2000   # wallclock from activation

@@ -89,22 +89,23 @@ class ProxyAdapter:
         return live
 
     # --- cutting ---
-    def cut(self, authid: str) -> int:
-        """Shut down every stream whose client connection carried `authid`; returns how
-        many were shut down now (streams already shut and not yet freed are not counted
-        again). Raises HaproxyTrouble."""
+    def cut(self, authids: set[str]) -> dict[str, int]:
+        """Shut down every stream whose client connection carried one of `authids`, with
+        one `show sess`; returns how many were shut down now per authid (streams already
+        shut and not yet freed are not counted again). Raises HaproxyTrouble."""
         self.read_log()
-        clients = self.clients.clients_of(authid)
-        if not clients:
-            return 0
+        owner = {c: a for a in authids for c in self.clients.clients_of(a)}
+        counts = dict.fromkeys(authids, 0)
+        if not owner:
+            return counts
         try:
             streams = parse_sessions(self._ask("show sess"))
         except AnswerError as exc:
             raise HaproxyTrouble(f"show sess: {exc}") from exc
         now = self.clock()
-        count = 0
         for stream in streams:
-            if stream.src not in clients:
+            authid = owner.get(stream.src)
+            if authid is None:
                 continue
             # right after `show sess`: a freed stream's pointer may be reused later
             answer = self._ask(f"shutdown session {stream.ptr}")
@@ -112,11 +113,11 @@ class ProxyAdapter:
                 log.debug("shutdown session %s: %s", stream.ptr, answer.strip())
                 continue
             if (stream.ptr, stream.src) not in self.shut:
-                count += 1
+                counts[authid] += 1
             self.shut[(stream.ptr, stream.src)] = now
         for key in [k for k, at in self.shut.items() if at < now - 10]:
             del self.shut[key]
-        return count
+        return counts
 
     def prune(self) -> None:
         """Forget client connections that no longer exist (run now and then)."""

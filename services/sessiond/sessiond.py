@@ -88,6 +88,7 @@ class Sessiond(Daemon):
         return live
 
     def tick(self) -> None:
+        began = time.monotonic()
         live = self.observe()
         with self.ledger.transaction() as tx:
             closed: set[str] = set()
@@ -99,43 +100,55 @@ class Sessiond(Daemon):
             result = charging.charge_tick(tx, self.config, self.book.authids | closed,
                                           self.hints)
             active = {r.authid for r in tx.authids_in(("ACTIVE",))}
+        log.debug("tick: %d authids charged, %d deactivated, %.1f ms", len(result.charged),
+                  len(result.deactivated), (time.monotonic() - began) * 1000)
         for authid in result.deactivated:
             log.info("authid %s: deactivated, credit exhausted", short(authid))
-            self.cut(authid, "credit exhausted")
+        cuts = dict.fromkeys(result.deactivated, "credit exhausted")
         for authid in self.book.authids - active - set(result.deactivated):
-            # live but not active: deactivated while we were not listening
-            self.cut(authid, "not active")
+            cuts[authid] = "not active"   # deactivated while we were not listening
+        if cuts:
+            self.cut(cuts)
+            log.debug("tick: cut done %.1f ms after the tick began",
+                      (time.monotonic() - began) * 1000)
 
     # --- cutting ---
     def on_message(self, env: Envelope) -> None:
         msg = env.message
         if isinstance(msg, AuthidDeactivated):
-            self.cut(msg.authid, msg.reason)
+            self.cut({msg.authid: msg.reason})
         elif isinstance(msg, ControlResync):
             self.hints = charging.Hints()   # re-read every authid's sessions next tick
 
-    def cut(self, authid: str, reason: str) -> int:
-        """Cut the authid's live sessions (never with tracking off); returns how many."""
+    def cut(self, reasons: dict[str, str]) -> dict[str, int]:
+        """Cut the live sessions of each authid (never with tracking off): streams first,
+        all at once, then one transaction for the audit lines and SessionCut messages."""
         if self.adapter is None:
-            return 0
+            return {}
         try:
-            count = self.adapter.cut(authid)
+            counts = self.adapter.cut(set(reasons))
         except HaproxyTrouble as exc:
-            log.warning("authid %s: cannot cut now (%s); retrying next tick", short(authid),
-                        exc)
-            return 0
-        if count:
-            self.book.mark_cut(authid, reason)
+            log.warning("cannot cut %s now (%s); retrying next tick",
+                        ", ".join(short(a) for a in reasons), exc)
+            return {}
+        done = {a: n for a, n in counts.items() if n}
+        if done:
             with self.ledger.transaction() as tx:
-                tx.audit(charging.ACTOR, "cut", authid, connections=count, reason=reason)
-                tx.emit(SessionCut(authid=authid, kind=self.adapter.kind, connections=count,
-                                   reason=reason))
-            log.info("authid %s: cut %d connections, %s", short(authid), count, reason)
+                for authid, count in done.items():
+                    tx.audit(charging.ACTOR, "cut", authid, connections=count,
+                             reason=reasons[authid])
+                    tx.emit(SessionCut(authid=authid, kind=self.adapter.kind,
+                                       connections=count, reason=reasons[authid]))
+        for authid, count in done.items():
+            self.book.mark_cut(authid, reasons[authid])
             self.stuck.discard(authid)
-        elif authid in self.book.authids and authid not in self.stuck and \
-                not self.adapter.clients.clients_of(authid):
-            # e.g. streams opened before a sessiond restart: the request log is gone
-            self.stuck.add(authid)
-            log.warning("authid %s: live but no known client connection to cut (%s)",
-                        short(authid), reason)
-        return count
+            log.info("authid %s: cut %d connections, %s", short(authid), count,
+                     reasons[authid])
+        for authid in reasons:
+            if authid not in done and authid in self.book.authids and \
+                    authid not in self.stuck and not self.adapter.clients.clients_of(authid):
+                # e.g. streams opened before a sessiond restart: the request log is gone
+                self.stuck.add(authid)
+                log.warning("authid %s: live but no known client connection to cut (%s)",
+                            short(authid), reasons[authid])
+        return counts
