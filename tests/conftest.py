@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.regtest",
     "tests.fixtures.node",
+    "tests.fixtures.proxy",
 ]

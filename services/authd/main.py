@@ -1,0 +1,78 @@
+"""authd: admits paid authids at haproxy, answers client status, reports refusals.
+
+main(): args -> config -> ledger, bus -> AuthDaemon.run(). What it does:
+- keeps haproxy's runtime map equal to the ledger's active authids (map_sync.py);
+- answers the client status request for haproxy (status_answer.py);
+- turns haproxy's refused requests into `access.refused` events (refusals.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from lthn.bus import Envelope
+from lthn.config import Config
+from lthn.daemon import Daemon, run_daemon
+from lthn.haproxy_runtime import HaproxyAdmin
+from lthn.ledger import Ledger
+from lthn.messages import AuthidActivated, AuthidDeactivated, ControlResync
+from services.authd.haproxy_config import authid_map_path
+from services.authd.map_sync import MapSync
+from services.authd.refusals import RefusalListener
+from services.authd.status_answer import StatusAnswerer
+
+log = logging.getLogger(__name__)
+
+PROCESS_CHECK_SECONDS = 0.5  # a restarted haproxy is noticed (and resynced) this fast
+RESYNC_SECONDS = 3.0         # the longest an inactive authid can stay admitted if a
+                             # deactivation message is lost (issue #4)
+
+
+class AuthDaemon(Daemon):
+    name = "authd"
+    prefixes = ["authid.", "control."]
+
+    def __init__(self, config: Config, ctx: zmq.Context, ledger: Ledger) -> None:
+        super().__init__(config, ctx, ledger)
+        admin = HaproxyAdmin(config.haproxy_admin_socket, timeout=5.0)
+        self.map_sync = MapSync(admin, authid_map_path(config), ledger)
+        self.status = StatusAnswerer(config)
+        self.refusals = RefusalListener(config.proxy.log_port)
+
+    def start(self) -> None:
+        self.map_sync.check_process()  # first contact: resyncs when haproxy answers
+        self.status.start()
+        self.watch(self.refusals.fileno(), self.on_refusals)  # zmq polls plain fds by number
+        self.timers.every(PROCESS_CHECK_SECONDS, self.map_sync.check_process,
+                          first=PROCESS_CHECK_SECONDS)
+        self.timers.every(RESYNC_SECONDS, self.periodic_resync, first=RESYNC_SECONDS)
+        log.info("authd: status answerer on 127.0.0.1:%d, refusals from udp 127.0.0.1:%d",
+                 self.config.proxy.status_port, self.config.proxy.log_port)
+
+    def periodic_resync(self) -> None:
+        self.map_sync.resync("periodic")
+
+    def on_message(self, env: Envelope) -> None:
+        msg = env.message
+        if isinstance(msg, AuthidActivated | AuthidDeactivated):
+            # the ledger decides, not the message: replays and reordering stay harmless
+            self.map_sync.apply(msg.authid)
+        elif isinstance(msg, ControlResync):
+            log.info("authd: resync asked by %s (%s)", env.sender, msg.reason)
+            self.map_sync.resync("asked")
+
+    def on_refusals(self) -> None:
+        for refusal in self.refusals.drain():
+            self.publish(refusal)
+
+    def stop(self) -> None:
+        self.unwatch(self.refusals.fileno())
+        self.refusals.close()
+        self.status.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_daemon(AuthDaemon, argv, description="Run authd: haproxy admission, client "
+                      "status answers and refusal events.")

@@ -1,0 +1,183 @@
+"""Keeps haproxy's runtime map of active authids equal to the ledger's active set.
+
+Bus messages say *that* an authid changed; the ledger says what is true, so every change
+is applied by asking the ledger (replayed or reordered messages cannot admit an inactive
+authid). A full resync (ledger vs `show map`) runs at start, every few seconds, and at
+once when haproxy's process changes, so missed messages converge (issue #4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from lthn.access import State
+from lthn.authid import AuthidError, parse_authid, short
+from lthn.haproxy_runtime import HaproxyAdmin, HaproxyUnavailable
+from lthn.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeAnswerError(ValueError):
+    """haproxy answered a runtime command with an error message."""
+
+
+# answers haproxy gives instead of data (runtime API, 2.6)
+_ERRORS = ("Unknown map identifier", "Unknown command", "Permission denied",
+           "Missing", "Can't", "Out of memory", "Failed to", "Unknown")
+
+
+def map_file_text(authids: list[str]) -> str:
+    """The map file haproxy loads at start: `AUTHID SERVICEID` per line."""
+    return "".join(f"{a.upper()} {a[:2].upper()}\n" for a in authids)
+
+
+def parse_show_map(answer: str) -> Counter[str]:
+    """`show map <file>` -> how many entries each key has (`<ptr> <key> <value>` lines)."""
+    keys: Counter[str] = Counter()
+    for line in answer.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith(_ERRORS):
+            raise RuntimeAnswerError(line.strip())
+        parts = line.split()
+        if len(parts) < 2 or not parts[0].startswith("0x"):
+            raise RuntimeAnswerError(f"unexpected show map line {line[:80]!r}")
+        keys[parts[1]] += 1
+    return keys
+
+
+def parse_show_info(answer: str) -> dict[str, str]:
+    """`show info` -> its `Name: value` pairs."""
+    info = {}
+    for line in answer.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            info[name.strip()] = value.strip()
+    if "Pid" not in info:
+        raise RuntimeAnswerError(f"show info without Pid: {answer[:80]!r}")
+    return info
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """Which haproxy process answers; a new one has a new pid or start time."""
+    pid: str
+    start: str
+
+    @classmethod
+    def from_info(cls, info: dict[str, str]) -> ProcessIdentity:
+        return cls(info["Pid"], info.get("Start_time_sec", ""))
+
+
+class MapSync:
+    def __init__(self, admin: HaproxyAdmin, map_path: Path, ledger: Ledger) -> None:
+        self.admin = admin
+        self.map = str(map_path)
+        self.ledger = ledger
+        self.process: ProcessIdentity | None = None
+        self.unreachable = False  # logged once per outage, not once per retry
+
+    # --- talking to haproxy; every method returns False when haproxy is not there ---
+    def _command(self, line: str, payload: str | None = None) -> str | None:
+        try:
+            answer = self.admin.command(line, payload)
+        except HaproxyUnavailable as exc:
+            if not self.unreachable:
+                log.warning("haproxy: unreachable (%s); retrying", exc)
+                self.unreachable = True
+            return None
+        if self.unreachable:
+            log.info("haproxy: reachable again")
+            self.unreachable = False
+        return answer
+
+    def apply(self, authid: str) -> bool:
+        """Make haproxy's map agree with the ledger about one authid."""
+        try:
+            authid = parse_authid(authid)  # it goes into a runtime command: no spaces
+        except AuthidError as exc:
+            log.warning("authid: ignored a message about a malformed authid: %s", exc)
+            return False
+        row = self.ledger.authid(authid)
+        if row is not None and row.state == State.ACTIVE.value:
+            return self._ensure_present(authid, row.service_id)
+        return self._ensure_absent(authid)
+
+    def _ensure_present(self, authid: str, service_id: str) -> bool:
+        # set first: an authid already present (a replayed message) is not added twice
+        answer = self._command(f"set map {self.map} {authid} {service_id}")
+        if answer is None:
+            return False
+        if "not found" in answer.lower():
+            answer = self._command(f"add map {self.map} {authid} {service_id}")
+            if answer is None:
+                return False
+            if answer.strip():
+                log.error("haproxy: add map %s failed: %s", short(authid), answer.strip())
+                return False
+            log.info("authid %s: admitted by haproxy", short(authid))
+        return True
+
+    def _ensure_absent(self, authid: str) -> bool:
+        answer = self._command(f"del map {self.map} {authid}")
+        if answer is None:
+            return False
+        if not answer.strip():
+            log.info("authid %s: no longer admitted by haproxy", short(authid))
+        elif "not found" not in answer.lower():
+            log.error("haproxy: del map %s failed: %s", short(authid), answer.strip())
+            return False
+        return True
+
+    def resync(self, reason: str) -> tuple[int, int] | None:
+        """Add what the ledger has and the map lacks, delete the rest: (added, removed)."""
+        answer = self._command(f"show map {self.map}")
+        if answer is None:
+            return None
+        try:
+            present = parse_show_map(answer)
+        except RuntimeAnswerError as exc:
+            log.error("haproxy: cannot read map %s: %s", self.map, exc)
+            return None
+        active = {a: a[:2] for a in self.ledger.active_authids()}
+        missing = [a for a in active if a not in present]
+        extra = [a for a in present if a not in active]
+        if missing:
+            payload = "\n".join(f"{a} {active[a]}" for a in missing)
+            result = self._command(f"add map {self.map}", payload)
+            if result is None:
+                return None
+            if result.strip():
+                log.error("haproxy: add map failed during resync: %s", result.strip()[:200])
+        for authid in extra:
+            # an entry the ledger does not call active: never leave it admitted (issue #4)
+            if self._command(f"del map {self.map} {authid}") is None:
+                return None
+        if missing or extra:
+            log.info("haproxy: map resynced (%s): %d added, %d removed, %d active",
+                     reason, len(missing), len(extra), len(active))
+        return len(missing), len(extra)
+
+    def check_process(self) -> bool:
+        """Resync at once when a different haproxy process answers; True if one did."""
+        answer = self._command("show info")
+        if answer is None:
+            return False
+        try:
+            identity = ProcessIdentity.from_info(parse_show_info(answer))
+        except RuntimeAnswerError as exc:
+            log.error("haproxy: %s", exc)
+            return False
+        if identity == self.process:
+            return False
+        reason = "start"
+        if self.process is not None:
+            log.info("haproxy: new process (pid %s, was %s)", identity.pid, self.process.pid)
+            reason = "haproxy process changed"
+        self.process = identity
+        self.resync(reason)
+        return True

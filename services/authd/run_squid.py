@@ -1,0 +1,81 @@
+"""lthn-squid: write squid.conf, then become squid (foreground, `-N`), for supervisord."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from lthn import logs
+from lthn.config import Config
+from lthn.daemon import EXIT_FAILED, EXIT_OK, config_argument, load_config_or_exit
+from services.authd import squid_config
+
+log = logging.getLogger(__name__)
+SQUID = "squid"
+
+
+def prepare(config: Config) -> Path:
+    run = config.state / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    os.chmod(run, 0o700)
+    user = squid_config.effective_user()
+    sp = squid_config.paths(config)
+    own_page = squid_config.reachable_by(sp.errors, user)
+    if own_page:
+        squid_config.prepare(config, user)
+    else:
+        log.warning("squid: user %s cannot enter %s; refusals use squid's standard "
+                    "ERR_ACCESS_DENIED page (haproxy still answers DENY_DESTINATION)",
+                    user, config.state)
+    text = squid_config.render(config, user=user, own_error_page=own_page)
+    tmp = sp.config.with_name(sp.config.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, sp.config)
+    return sp.config
+
+
+def check(path: Path) -> tuple[bool, str]:
+    result = subprocess.run([SQUID, "-k", "parse", "-f", str(path)], capture_output=True,
+                            text=True, check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    problems = [x for x in lines if "FATAL" in x or "ERROR" in x]
+    return result.returncode == 0 and not problems, "\n".join(problems or lines[-5:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Write the node's squid config, then run squid in the foreground.")
+    config_argument(parser)
+    parser.add_argument("-t", "--test", action="store_true",
+                        help="write and check the config, then exit without starting")
+    args = parser.parse_args(argv)
+    config = load_config_or_exit(args.config)
+    logs.setup(config.log_level)
+    if config.proxy.backend != "squid":
+        log.info("squid: not needed, proxy.backend is %s", config.proxy.backend)
+        return EXIT_OK
+    if shutil.which(SQUID) is None:
+        print("Error: squid is not installed (apt-get install squid)", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        path = prepare(config)
+    except OSError as exc:
+        print(f"Error: cannot prepare squid: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    ok, output = check(path)
+    if not ok:
+        print(f"Error: {path}: squid refuses the generated config:\n{output}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.test:
+        print(f"{path}: configuration is valid")
+        return EXIT_OK
+    sys.stdout.flush()
+    # no disk cache, so no `squid -z`; -d 1 sends squid's log to stderr for supervisord
+    os.execvp(SQUID, [SQUID, "-N", "-d", "1", "-f", str(path)])
+    return EXIT_FAILED  # not reached

@@ -1,0 +1,170 @@
+"""The client status request (`GET http://remote.lethean/status`), answered from the ledger.
+
+haproxy routes it here (127.0.0.1:proxy.status_port) before the paid check. What a
+deployed Lethean client reads (notes/lethean-protocol.md): 200 + JSON when the authid
+may be used, 403 `X-LTHN-Status: NO_PAYMENT` when not (yet), 503 `BAD_ID` when the
+provider id is wrong. Answered at once; the original slept a second per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+from lthn import credit_rules
+from lthn.access import State, rules_for
+from lthn.authid import AuthidError, parse_authid, short
+from lthn.config import Config
+from lthn.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+PAYMENT_HEADERS = ("X-LTHN-PaymentID", "X-ITNS-PaymentID")
+MGMT_HEADERS = ("X-LTHN-MgmtID", "X-ITNS-MgmtID")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    reason: str          # also sent as X-LTHN-Status
+    body: bytes
+    content_type: str = "text/plain"
+
+
+def authid_from(values: list[str]) -> str | None:
+    """The one authid in the payment header values (repeats allowed), else None."""
+    found = {v.strip().upper() for raw in values for v in raw.split(",") if v.strip()}
+    if len(found) != 1:
+        return None
+    try:
+        return parse_authid(found.pop())
+    except AuthidError:
+        return None
+
+
+def document(config: Config, ledger: Ledger, authid: str) -> dict[str, Any] | None:
+    """The status JSON of an authid that may be used now, else None.
+
+    Lethean's keys (balance in coins, overall/left in minutes) plus exact integers.
+    """
+    row = ledger.authid(authid)
+    if row is None or row.state != State.ACTIVE.value:
+        return None
+    service = config.service(row.service_id)
+    payments = [p for p in ledger.payments_of(authid) if p.state != "revoked"]
+    rules = rules_for(config, service) if service else None
+    cost = rules.cost if rules else 0
+    units = config.wallet.units
+    return {
+        "id": row.authid,
+        "serviceid": row.service_id,
+        "created": row.created,
+        "modified": row.modified,
+        "activated": True,
+        "spending": row.spending_since is not None,
+        "balance": float(Decimal(row.balance) / units),        # display only
+        "overall": row.credit // cost if cost else 0,          # minutes all credit buys
+        "left": credit_rules.minutes_left(rules, row.balance) if rules else 0,
+        "confirmations": min((p.confirmations for p in payments), default=0),
+        "charged_cnt": len(payments),                          # credits received
+        "discharged_cnt": row.charged_ms // credit_rules.MS_PER_MINUTE,  # minutes charged
+        "txid": payments[-1].txid if payments else "",
+        "txid_history": [p.txid for p in payments],
+        "state": row.state,
+        "balance_atomic": row.balance,
+        "credit_atomic": row.credit,
+        "spent_atomic": row.spent,
+        "pending_atomic": row.pending,
+        "cost_atomic_per_minute": cost,
+        "atomic_units_per_coin": units,
+        "charged_ms": row.charged_ms,
+        "activations": row.activations,
+    }
+
+
+def answer(config: Config, ledger: Ledger, headers: Any) -> Answer:
+    """headers: anything with `get_all(name)` (case-insensitive), like http.client's."""
+    mgmt = [v.strip().lower() for name in MGMT_HEADERS for v in (headers.get_all(name) or [])]
+    if not mgmt or any(v != config.provider.id.lower() for v in mgmt):
+        return Answer(503, "BAD_ID", b"Wrong provider id.\n")
+    authid = authid_from([v for name in PAYMENT_HEADERS for v in (headers.get_all(name) or [])])
+    if authid is None:
+        return Answer(403, "NO_PAYMENT", b"No valid payment header.\n")
+    doc = document(config, ledger, authid)
+    if doc is None:
+        return Answer(403, "NO_PAYMENT", b"No active payment for this authid.\n")
+    return Answer(200, "OK", json.dumps(doc, sort_keys=True).encode() + b"\n",
+                  "application/json")
+
+
+class _Server(HTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, config: Config, address: tuple[str, int]) -> None:
+        self.config = config
+        self.ledger: Ledger | None = None  # opened in the serving thread (sqlite is per thread)
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # several authd processes (supervisord numprocs) share the port
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = 5  # haproxy sends whole requests; a silent peer must not hold the server
+
+    def _respond(self) -> None:
+        assert self.server.ledger is not None
+        try:
+            result = answer(self.server.config, self.server.ledger, self.headers)
+        except Exception:
+            log.exception("status: failed to answer %s", self.path[:100])
+            result = Answer(503, "CONNECTION_ERROR", b"Status unavailable.\n")
+        self.send_response(result.status, result.reason)
+        self.send_header("X-LTHN-Status", result.reason)
+        self.send_header("Content-Type", result.content_type)
+        self.send_header("Content-Length", str(len(result.body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(result.body)
+        authid = authid_from(self.headers.get_all("X-LTHN-PaymentID") or []) or "-"
+        log.debug("status: %s for %s", result.reason, short(authid))
+
+    do_GET = do_HEAD = do_POST = _respond
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
+        pass  # one line per answer is logged by _respond at debug level
+
+
+class StatusAnswerer:
+    """A small HTTP server on 127.0.0.1:proxy.status_port, in its own thread."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.server = _Server(config, ("127.0.0.1", config.proxy.status_port))
+        self.thread = threading.Thread(target=self._serve, name="status", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.server.ledger = Ledger.open(self.config.ledger_path)
+        try:
+            self.server.serve_forever(poll_interval=0.5)
+        finally:
+            self.server.ledger.close()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
