@@ -5,6 +5,10 @@ request-log contract on a plain-HTTP front end), a loopback CONNECT origin, lthn
 lthn-sessiond processes on a config in tmp_path. Credit is put into the real ledger with
 lthn.access (the wallet path is paymentd's test); authd's part (the runtime map) is done by
 the test with `add map` / `del map`.
+
+The last test is the whole product path: the node of tests/fixtures/proxy.py (busd,
+paymentd, authd, haproxy, squid under supervisord, TLS front end), a real regtest payment,
+and lthn-sessiond started beside it on the node's config.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from services.sessiond import charging
 from tests.fixtures.common import wait_for
 from tests.fixtures.mini_proxy import (
     ConnectOrigin,
+    EchoServer,
     MiniHaproxy,
     closed_by_peer,
     open_tunnel,
@@ -266,3 +271,78 @@ def test_issue_4_haproxy_down_never_stops_sessiond(rig_factory):
     tunnel = open_tunnel(rig.haproxy.port, AUTHID)
     rig.wait_message("session.opened", authid=AUTHID)
     tunnel.close()
+
+
+# --- the whole path: real payment, authd's haproxy and squid, sessiond beside them ---
+
+# monero atomic units: cost 0.001/min = 10^9 per minute; no prepaid minutes are needed,
+# so a payment of about 6 seconds' use activates and then runs dry
+FULL_PATH_COST_PER_S = 10**9 // 60
+FULL_PATH_PAYMENT = 6 * FULL_PATH_COST_PER_S
+
+
+def test_issue_4_full_path_paid_then_credit_runs_out(proxy_node_factory, tmp_path):
+    """Pay a tiny amount through the real wallet -> admitted -> an open CONNECT tunnel
+    through TLS and squid; the credit runs out -> sessiond deactivates, the tunnel is closed
+    by the node within 2 s, and authd refuses new requests."""
+    echo = EchoServer()
+    sessiond: subprocess.Popen | None = None
+    ctx = zmq.Context()
+    try:
+        pn = proxy_node_factory({
+            "services": [{"id": "1A", "name": "Proxy", "type": "proxy", "cost": "0.001",
+                          "firstPrePaidMinutes": 0, "subsequentPrePaidMinutes": 0,
+                          "idleGrace": 0}],
+            "proxy": {"allow_destinations": [f"127.0.0.1:{echo.port}"]},
+            "sessions": {"tick": 0.25},
+        })
+        bus = Subscriber(ctx, pn.config.subscribe_endpoint, ["authid.", "session."])
+        out = open(tmp_path / "sessiond.out", "ab")
+        sessiond = subprocess.Popen(
+            [sys.executable, "-m", "services.sessiond.main", "-c", str(pn.node.config_path)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        wait_for(lambda: "sessiond: ready" in (tmp_path / "sessiond.out").read_text(),
+                 timeout=10, what="sessiond ready")
+
+        authid = pn.pay_and_wait(amount=FULL_PATH_PAYMENT, timeout=3.0)
+        response, tunnel, rest = pn.client.tunnel(f"127.0.0.1:{echo.port}", authid=authid)
+        assert response.status == 200, response
+        tunnel.sendall(b"ping")
+        assert rest + tunnel.recv(4) == b"ping"
+
+        seen: list[Envelope] = []
+
+        def message(topic: str) -> Envelope | None:
+            seen.extend(bus.drain())
+            return next((e for e in seen if e.topic == topic
+                         and e.message.authid == authid), None)
+        wait_for(lambda: message("authid.deactivated"), timeout=15,
+                 what="authid.deactivated once the credit is spent")
+        assert closed_by_peer(tunnel, timeout=5.0), "the tunnel is still open"
+        closed_at = time.time()
+        ledger = Ledger.open(pn.config.ledger_path)
+        try:
+            deactivated_at = ledger.conn.execute(
+                "SELECT at FROM audit WHERE authid = ? AND event = 'deactivated'",
+                (authid,)).fetchone()[0]
+            row = ledger.authid(authid)
+        finally:
+            ledger.close()
+        assert closed_at - deactivated_at < 2.0
+        assert row.state == "DEPLETED" and 0 < row.spent <= row.credit
+        cut = wait_for(lambda: message("session.cut"), timeout=5, what="session.cut")
+        assert cut.message.reason == "credit exhausted" and cut.message.connections >= 1
+        wait_for(lambda: pn.client.request("GET", pn.origin.url("/after"),
+                                           authid=authid).status == 403,
+                 timeout=3, what="authd refusing the depleted authid")
+        answer = pn.client.request("GET", pn.origin.url("/after"), authid=authid)
+        assert answer.lthn_status == "NO_PAYMENT"
+        tunnel.close()
+        bus.close()
+    finally:
+        if sessiond is not None:
+            os.killpg(sessiond.pid, signal.SIGKILL)
+            sessiond.wait(timeout=10)
+        echo.close()
+        ctx.destroy(linger=0)
