@@ -2,6 +2,7 @@
 
     lthn-node run -c CONFIG [--without PROGRAM ...]   check, prepare, exec supervisord
     lthn-node ctl -c CONFIG ARGS...                   supervisorctl on this node's socket
+                                                      (`authd` means all authd processes)
     lthn-node demo [--dir DIR]                        a self-contained node on regtest
     lthn-node demo-pay [--dir DIR] AUTHID AMOUNT      pay the demo node from its payer wallet
 
@@ -157,6 +158,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED  # not reached: exec replaced this process
 
 
+# authd runs as a group of processes (authd:authd_0, ...): plain supervisorctl reads
+# `stop authd` as the process authd of group authd, which does not exist
+GROUPS = ("authd",)
+GROUP_COMMANDS = ("start", "stop", "restart", "status", "signal", "clear")
+ONE_PROCESS_COMMANDS = ("tail", "pid", "fg")
+
+
+def ctl_arguments(args: list[str]) -> list[str]:
+    """`stop authd` -> `stop authd:*`; `tail authd` -> `tail authd:authd_0`."""
+    if not args:
+        return args
+    command, rest = args[0], args[1:]
+    if command in GROUP_COMMANDS:
+        rest = [f"{a}:*" if a in GROUPS else a for a in rest]
+    elif command in ONE_PROCESS_COMMANDS:
+        rest = [f"{a}:{a}_0" if a in GROUPS else a for a in rest]
+    return [command, *rest]
+
+
 def cmd_ctl(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     try:
@@ -167,7 +187,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     supervisorctl = tool("supervisorctl")
     env = environment(config, args.config)
     sys.stdout.flush()
-    os.execvpe(supervisorctl, [supervisorctl, "-c", str(conf), *args.args], env)
+    os.execvpe(supervisorctl, [supervisorctl, "-c", str(conf), *ctl_arguments(args.args)],
+               env)
     return EXIT_FAILED  # not reached
 
 
