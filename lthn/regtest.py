@@ -10,6 +10,7 @@ what blocks changed.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HOST = "127.0.0.1"
+PR_SET_PDEATHSIG = 1
 PAYMENT_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 # fewer blocks than this makes `transfer` hang at 100% CPU (decoy selection)
 MIN_BLOCKS_BEFORE_TRANSFER = 100
@@ -407,13 +409,23 @@ class _Background:
             raise self.error
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the process that started it dies (Linux), so a
+    killed test run or demo leaves no monerod behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() is then the only clean-up
+
+
 def _spawn(args: list[str], log_file: Path, cwd: Path) -> subprocess.Popen:
     out = open(log_file, "ab")  # the child keeps its own copy; ours is closed below
     try:
         # own process group: a test runner's Ctrl-C does not reach these half-way
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=str(cwd),
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
     finally:
         out.close()
 
