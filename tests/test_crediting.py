@@ -153,6 +153,15 @@ def test_bad_transfers_are_rejected_once_with_the_reason(tmp_path, ledger, payme
     assert ledger.authid(A_UP) is None and ledger.authid(payment_id.upper()) is None
 
 
+def test_funds_locked_by_unlock_time_are_rejected(tmp_path, ledger):
+    crediting = Crediting(make_config(tmp_path))
+    locked = Transfer(tx_id(3), A, TEN_MINUTES, 0, 0, True, False, unlock_time=10**9)
+    poll(ledger, crediting, [locked])
+    assert ledger.rejected() == [(tx_id(3), A, TEN_MINUTES,
+                                  "funds locked by unlock_time 1000000000")]
+    assert ledger.authid(A_UP) is None
+
+
 def test_a_pool_payment_that_vanishes_unspendable_is_revoked(tmp_path, ledger):
     crediting = Crediting(make_config(tmp_path, firstVerificationsNeeded=1))
     poll(ledger, crediting, [pool(1)])
@@ -262,3 +271,12 @@ def test_credit_equals_each_distinct_payment_once(tmp_path_factory, polls):
         assert len(credited) == len(seen)
     finally:
         led.close()
+
+
+def test_double_spend_flag_on_a_mined_transfer_does_not_revoke(tmp_path, ledger):
+    """Once in a block the double spend lost; only a pool flag counts."""
+    crediting = Crediting(make_config(tmp_path, firstVerificationsNeeded=3))
+    flagged = Transfer(tx_id(1), A, TEN_MINUTES, 100, 1, False, True)
+    poll(ledger, crediting, [flagged])
+    assert [p.state for p in ledger.payments_of(A_UP)] == ["in"]
+    assert ledger.authid(A_UP).pending == TEN_MINUTES

@@ -68,7 +68,8 @@ def merge(transfers: Iterable[Transfer]) -> dict[tuple[str, str], Transfer]:
             txid=txid, payment_id=payment_id, amount=total, height=first.height,
             confirmations=first.confirmations, in_pool=in_pool,
             double_spend_seen=any(t.double_spend_seen for t in by_subaddr.values()),
-            subaddr=first.subaddr)
+            subaddr=first.subaddr,
+            unlock_time=max(t.unlock_time for t in by_subaddr.values()))
     return out
 
 
@@ -136,6 +137,10 @@ class Crediting:
         except AuthidError:
             self._reject(tx, t, "payment id is not 16 hex characters", out)
             return
+        if t.unlock_time:
+            # the payer locked the funds: the provider could not spend them (issue #3)
+            self._reject(tx, t, f"funds locked by unlock_time {t.unlock_time}", out)
+            return
         service = self.config.service(service_of(authid))
         if service is None:
             self._reject(tx, t, f"unknown service {service_of(authid)}", out)
@@ -184,7 +189,7 @@ class Crediting:
         fresh = tx.authid(authid)
         assert fresh is not None
         access.reevaluate(tx, fresh, rules, self.actor)
-        if t.double_spend_seen and not spendable:
+        if t.in_pool and t.double_spend_seen and not spendable:
             paid = tx.payment(t.txid, authid)
             assert paid is not None
             self._revoke(tx, paid, "double spend seen", out)
@@ -198,7 +203,7 @@ class Crediting:
             return
         if row.state == "vanished" and t.in_pool:
             return
-        if t.double_spend_seen and not row.spendable:
+        if t.in_pool and t.double_spend_seen and not row.spendable:
             self._revoke(tx, row, "double spend seen", out)
             return
         spendable = row.spendable or _spendable(rules, row.ordinal, t)

@@ -21,6 +21,8 @@ TXID = re.compile(r"^[0-9a-fA-F]{64}$")
 # monero-wallet-rpc: WALLET_RPC_ERROR_CODE_WRONG_TXID ("Transaction not found.")
 ERROR_TX_NOT_FOUND = -8
 ERROR_METHOD_NOT_FOUND = -32601
+# amounts are uint64 on the wire; the ledger's INTEGER is int64 (no real amount comes near)
+MAX_AMOUNT = 2**63
 TRANSFERS_METHOD = {"monero": "get_transfers", "lethean": "get_vpn_transfers"}
 
 
@@ -57,6 +59,7 @@ class Transfer:
     in_pool: bool
     double_spend_seen: bool
     subaddr: tuple[int, int] = (0, 0)
+    unlock_time: int = 0     # non-zero: the payer locked the funds (block or time)
 
 
 def _field(method: str, where: str, entry: dict, name: str, kind: type,
@@ -102,11 +105,16 @@ def parse_transfer(method: str, where: str, entry: Any, pool: bool) -> Transfer:
                           default=False)
     subaddr = _field(method, where, entry, "subaddr_index", dict, required=False,
                      default={"major": 0, "minor": 0})
+    unlock_time = _field(method, where, entry, "unlock_time", int, required=False, default=0)
+    if amount >= MAX_AMOUNT:
+        raise WalletAnswerError(f"{method}: {where}.amount: {amount} is more than any coin's "
+                                "supply")
     major = _field(method, f"{where}.subaddr_index", subaddr, "major", int)
     minor = _field(method, f"{where}.subaddr_index", subaddr, "minor", int)
     return Transfer(txid=txid.lower(), payment_id=payment_id, amount=amount,
                     height=0 if pool else height, confirmations=confirmations,
-                    in_pool=pool, double_spend_seen=double_spend, subaddr=(major, minor))
+                    in_pool=pool, double_spend_seen=double_spend, subaddr=(major, minor),
+                    unlock_time=unlock_time)
 
 
 def parse_transfers(method: str, result: Any) -> list[Transfer]:
@@ -188,7 +196,7 @@ class WalletClient:
         if not self.can_refresh:
             return
         try:
-            self.call("refresh", {}, timeout=max(self.timeout, 10.0))
+            self.call("refresh", {})
         except WalletRpcError as exc:
             if exc.code != ERROR_METHOD_NOT_FOUND:
                 raise
