@@ -17,6 +17,8 @@ from lthn.config import parse
 from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated
 from services.sessiond import sessiond as sessiond_mod
+from services.sessiond.client_map import ClientMap
+from services.sessiond.session_book import Observed
 from services.sessiond.sessiond import Sessiond
 from tests.fixtures.node import free_port_pair
 
@@ -139,3 +141,56 @@ def test_tracking_off_has_no_adapter_and_never_cuts(daemon_factory):
     wall.now = T0 + 2
     daemon.tick()
     assert daemon.ledger.authid(AUTHID).charged_ms == 2000   # wallclock from activation
+
+
+class LiveAdapter:
+    """Stands in for the proxy adapter: reports AUTHID live, records cuts."""
+    kind = "proxy"
+
+    def __init__(self) -> None:
+        self.clients = ClientMap()
+        self.cuts: list[set[str]] = []
+
+    def poll(self) -> dict:
+        return {AUTHID: Observed(AUTHID, AUTHID, "127.0.0.1", 0, 0)}
+
+    def cut(self, authids: set[str]) -> dict[str, int]:
+        self.cuts.append(set(authids))
+        return dict.fromkeys(authids, 1)
+
+
+def test_a_failed_tick_leaves_memory_as_the_ledger_has_it(daemon_factory, monkeypatch):
+    daemon, wall, mono = daemon_factory(billing="connected")
+    daemon.adapter = LiveAdapter()
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(sessiond_mod.charging, "charge_tick", broken)
+    wall.now = T0 + 1
+    with pytest.raises(RuntimeError):
+        daemon.tick()
+    assert daemon.ledger.open_sessions() == [] and daemon.book.open == {}
+    monkeypatch.undo()
+    wall.now = T0 + 2
+    daemon.tick()
+    [row] = daemon.ledger.open_sessions()
+    assert daemon.book.open[AUTHID].id == row.id
+
+
+def test_exhaustion_cuts_and_records_the_cut(daemon_factory):
+    daemon, wall, mono = daemon_factory(billing="connected")   # 6000 = 10 minutes
+    daemon.adapter = LiveAdapter()
+    wall.now = T0 + 1
+    daemon.tick()
+    wall.now = T0 + 601
+    daemon.tick()
+    assert daemon.adapter.cuts == [{AUTHID}]
+    msgs = daemon.ledger.take_outbox()
+    cut = [m for m in msgs if m.topic == "session.cut"]
+    assert len(cut) == 1 and (cut[0].connections, cut[0].reason) == (1, "credit exhausted")
+    assert daemon.ledger.authid(AUTHID).state == "DEPLETED"
+    wall.now = T0 + 602
+    daemon.tick()                     # still live, not active: cut again (a reconcile)
+    assert daemon.adapter.cuts[-1] == {AUTHID}
+    assert [m.reason for m in daemon.ledger.take_outbox() if m.topic == "session.cut"] == [
+        "not active"]

@@ -130,6 +130,7 @@ class Hints:
 class TickResult:
     charged: dict[str, int]      # authid -> atomic units charged
     deactivated: list[str]       # authids this tick deactivated (credit exhausted)
+    active: set[str]             # authids still active after the tick
 
 
 def charge_tick(tx: Tx, config: Config, live: set[str], hints: Hints) -> TickResult:
@@ -142,7 +143,8 @@ def charge_tick(tx: Tx, config: Config, live: set[str], hints: Hints) -> TickRes
     now = to_ms(tx.now)
     charged: dict[str, int] = {}
     deactivated: list[str] = []
-    for row in tx.authids_in((access.State.ACTIVE.value,)):
+    rows = tx.authids_in((access.State.ACTIVE.value,))
+    for row in rows:
         service = config.service(row.service_id)
         if service is None:
             log.warning("authid %s: service %s is not in the config; not charged",
@@ -176,4 +178,4 @@ def charge_tick(tx: Tx, config: Config, live: set[str], hints: Hints) -> TickRes
         if after.state != access.State.ACTIVE.value:
             deactivated.append(row.authid)
     hints.everyone = False
-    return TickResult(charged, deactivated)
+    return TickResult(charged, deactivated, {r.authid for r in rows} - set(deactivated))

@@ -7,10 +7,13 @@ haproxy sends at request time (`option logasap`) on 127.0.0.1:<proxy.log_port + 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from lthn import haproxy_log
 from services.sessiond.haproxy_answers import normalise_address
@@ -24,6 +27,7 @@ class ClientMap:
         self.by_client: dict[str, tuple[str, float]] = {}   # "ip:port" -> (authid, seen)
         self.source_of: dict[str, str] = {}                 # authid -> last client ip
         self.bad_lines = 0
+        self.changed = False
 
     def learn(self, datagram: bytes) -> None:
         try:
@@ -39,13 +43,46 @@ class ClientMap:
             return  # refused or anonymous: authd's business, nothing to cut later
         self.by_client[client] = (line.authid, self.clock())
         self.source_of[line.authid] = client.rpartition(":")[0]
+        self.changed = True
 
     def clients_of(self, authid: str) -> set[str]:
         return {c for c, (a, _) in self.by_client.items() if a == authid}
 
     def forget(self, clients: set[str]) -> None:
         for client in clients:
-            self.by_client.pop(client, None)
+            if self.by_client.pop(client, None) is not None:
+                self.changed = True
+
+    def save(self, path: Path) -> None:
+        """Write the map (client -> authid) when it changed; a cache, not money: no fsync."""
+        if not self.changed:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({c: a for c, (a, _) in self.by_client.items()}))
+            os.replace(tmp, path)
+            self.changed = False
+        except OSError as exc:
+            log.warning("client map: cannot write %s: %s", path, exc)
+
+    def load(self, path: Path) -> None:
+        """Read what a previous run saved; entries not live any more go at the next prune."""
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("client map: ignoring %s: %s", path, exc)
+            return
+        if not isinstance(data, dict):
+            log.warning("client map: ignoring %s: not a mapping", path)
+            return
+        now = self.clock()
+        for client, authid in data.items():
+            if isinstance(client, str) and isinstance(authid, str):
+                self.by_client[client] = (authid, now)
+                self.source_of[authid] = client.rpartition(":")[0]
+        log.info("client map: %d client connections from the previous run", len(data))
 
     def prune(self, live_clients: set[str], older_than: float) -> int:
         """Drop clients with no live stream, once older than `older_than` seconds (a

@@ -49,6 +49,11 @@ class Sessiond(Daemon):
                 HaproxyAdmin(config.haproxy_admin_socket, timeout=1.0),
                 config.proxy.log_port + 1)
         self.book = SessionBook("proxy", ledger.open_sessions("proxy"))
+        # which client connection carries which authid, kept across a restart so streams
+        # opened before it can still be cut
+        self.clients_path = config.state / "run" / "sessiond-clients.json"
+        if self.adapter is not None:
+            self.adapter.clients.load(self.clients_path)
         self.hints = charging.Hints()
         self.last_poll_ok = clock()
         self.trouble = ""              # the last haproxy problem logged (logged once)
@@ -90,22 +95,30 @@ class Sessiond(Daemon):
     def tick(self) -> None:
         began = time.monotonic()
         live = self.observe()
-        with self.ledger.transaction() as tx:
-            closed: set[str] = set()
-            if live is not None:
-                closed = self.book.apply(tx, live)
-            elif self.adapter is not None and self.book.open and \
-                    self.clock() - self.last_poll_ok > OUTAGE_CLOSE_AFTER:
-                closed = self.book.apply(tx, {}, gone_reason="haproxy unavailable")
-            result = charging.charge_tick(tx, self.config, self.book.authids | closed,
-                                          self.hints)
-            active = {r.authid for r in tx.authids_in(("ACTIVE",))}
+        try:
+            with self.ledger.transaction() as tx:
+                closed: set[str] = set()
+                if live is not None:
+                    closed = self.book.apply(tx, live)
+                elif self.adapter is not None and self.book.open and \
+                        self.clock() - self.last_poll_ok > OUTAGE_CLOSE_AFTER:
+                    closed = self.book.apply(tx, {}, gone_reason="haproxy unavailable")
+                result = charging.charge_tick(tx, self.config, self.book.authids | closed,
+                                              self.hints)
+        except Exception:
+            # rolled back: memory must not run ahead of the ledger (ids of rows never
+            # written), so start again from what the ledger holds; retried next tick
+            self.book = SessionBook("proxy", self.ledger.open_sessions("proxy"))
+            self.hints = charging.Hints()
+            raise
+        if self.adapter is not None:
+            self.adapter.clients.save(self.clients_path)
         log.debug("tick: %d authids charged, %d deactivated, %.1f ms", len(result.charged),
                   len(result.deactivated), (time.monotonic() - began) * 1000)
         for authid in result.deactivated:
             log.info("authid %s: deactivated, credit exhausted", short(authid))
         cuts = dict.fromkeys(result.deactivated, "credit exhausted")
-        for authid in self.book.authids - active - set(result.deactivated):
+        for authid in self.book.authids - result.active - set(result.deactivated):
             cuts[authid] = "not active"   # deactivated while we were not listening
         if cuts:
             self.cut(cuts)

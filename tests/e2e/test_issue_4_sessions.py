@@ -252,6 +252,31 @@ def test_issue_4_sigkill_restart_neither_double_charges_nor_loses_time(rig_facto
     tunnel.close()
 
 
+def test_issue_4_tunnel_opened_before_a_sigkill_restart_is_still_cut(rig_factory):
+    """sessiond killed while a tunnel is open and started again; the authid is then
+    deactivated with no bus message at all (as if missed): the next tick sees it live but
+    not active and cuts the tunnel, whose client it remembers from before the restart."""
+    rig = rig_factory()
+    proc = rig.start_sessiond()
+    rig.credit(AUTHID, 600 * PER_SECOND)
+    tunnel = open_tunnel(rig.haproxy.port, AUTHID)
+    rig.wait_message("session.opened", authid=AUTHID)
+    clients = rig.state / "run" / "sessiond-clients.json"
+    wait_for(lambda: AUTHID in clients.read_text(), timeout=5, what="client map saved")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    rig.start_sessiond()
+    with rig.ledger.transaction() as tx:
+        tx.update_authid(AUTHID, state="DEPLETED", spending_since=None)
+    assert closed_by_peer(tunnel, timeout=3.0), "the tunnel is still open"
+    cut = rig.wait_message("session.cut", authid=AUTHID)
+    assert cut.message.reason == "not active"
+    closed = rig.wait_message("session.closed", authid=AUTHID)
+    assert closed.message.reason == "cut, not active"
+    assert len(rig.ledger.open_sessions()) == 0
+    tunnel.close()
+
+
 def test_issue_4_haproxy_down_never_stops_sessiond(rig_factory):
     """haproxy killed and started again: sessiond logs it, keeps charging, comes back."""
     rig = rig_factory({"max_wait_to_spend": 0}, billing="wallclock")
