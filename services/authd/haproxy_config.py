@@ -61,6 +61,11 @@ def _destination_rules(config: Config, own: list[str] | None) -> list[str]:
         "    acl squid_internal url_beg -i cache_object:",
         "    acl dest_denied_ip var(txn.dhost) -m ip "
         + " ".join(destinations.denied_networks(config, own)),
+        "    # all-numeric hosts that are not plain addresses (127.1, 2130706433, 0x7f.1):",
+        "    # resolvers disagree on them, so they are refused rather than guessed",
+        "    acl dest_numeric var(txn.dhost) -m reg -i "
+        "^(0x[0-9a-f]+|[0-9]+)([.](0x[0-9a-f]+|[0-9]+))*[.]?$",
+        "    acl dest_is_ip var(txn.dhost) -m ip 0.0.0.0/0 ::/0",
         "    acl connect_port var(txn.dport) -m int "
         + " ".join(str(p) for p in destinations.connect_ports(config)),
     ]
@@ -80,6 +85,7 @@ def _destination_rules(config: Config, own: list[str] | None) -> list[str]:
     lines.append("    acl excepted var(txn.excepted) -m bool")
     lines += _refuse("DENY_DESTINATION", "squid_internal")
     lines += _refuse("DENY_DESTINATION", "dest_denied_ip !excepted")
+    lines += _refuse("DENY_DESTINATION", "dest_numeric !dest_is_ip")
     if domains:
         lines += _refuse("DENY_DESTINATION", "dest_denied_domain !excepted")
     lines += _refuse("DENY_DESTINATION", "METH_CONNECT !connect_port !excepted")

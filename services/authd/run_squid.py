@@ -12,11 +12,15 @@ from pathlib import Path
 
 from lthn import logs
 from lthn.config import Config
-from lthn.daemon import EXIT_FAILED, EXIT_OK, config_argument, load_config_or_exit
+from lthn.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_argument, load_config_or_exit
 from services.authd import squid_config
 
 log = logging.getLogger(__name__)
 SQUID = "squid"
+
+
+class HostsFileError(Exception):
+    """squid could not read the configured hosts file (it reads it as its own user)."""
 
 
 def prepare(config: Config) -> Path:
@@ -24,6 +28,11 @@ def prepare(config: Config) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     os.chmod(run, 0o700)
     user = squid_config.effective_user()
+    hosts = Path(config.proxy.hosts_file or "/etc/hosts")
+    if not squid_config.readable_by(hosts, user):
+        # unreadable, squid would silently ask DNS for every name in it (issue #10)
+        raise HostsFileError(f"proxy.hosts_file: squid runs as user {user or 'you'} and "
+                             f"cannot read {hosts}; make it and its directories readable")
     sp = squid_config.paths(config)
     own_page = squid_config.reachable_by(sp.errors, user)
     if own_page:
@@ -65,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     try:
         path = prepare(config)
+    except HostsFileError as exc:
+        print(f"Error: {config.source}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"Error: cannot prepare squid: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -46,25 +46,32 @@ def effective_user() -> str | None:
     return DEFAULT_USER if os.geteuid() == 0 else None
 
 
+def _allowed(path: Path, user: str, bits: tuple[int, int, int]) -> bool:
+    entry = pwd.getpwnam(user)
+    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    st = path.stat()
+    if st.st_uid == entry.pw_uid:
+        return bool(st.st_mode & bits[0])
+    if st.st_gid in groups:
+        return bool(st.st_mode & bits[1])
+    return bool(st.st_mode & bits[2])
+
+
 def reachable_by(path: Path, user: str | None) -> bool:
     """Can `user` enter every directory above `path`? (None: we stay ourselves, so yes.)"""
     if user is None:
         return True
-    entry = pwd.getpwnam(user)
-    groups = {entry.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
-    for parent in path.parents:
-        if not parent.exists():
-            continue  # made by us below an existing one, then given to the user
-        st = parent.stat()
-        if st.st_uid == entry.pw_uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            return False
-    return True
+    execute = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+    # a parent still missing is made by us below an existing one, then given to the user
+    return all(_allowed(p, user, execute) for p in path.parents if p.exists())
+
+
+def readable_by(path: Path, user: str | None) -> bool:
+    """Can `user` read the file `path` (squid reads its hosts file after dropping root)?"""
+    if user is None:
+        return os.access(path, os.R_OK)
+    return path.is_file() and reachable_by(path, user) and _allowed(
+        path, user, (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH))
 
 
 def render(config: Config, own_addresses: list[str] | None = None,
