@@ -150,6 +150,7 @@ class LiveAdapter:
     def __init__(self) -> None:
         self.clients = ClientMap()
         self.cuts: list[set[str]] = []
+        self.sock = "listening"
 
     def poll(self) -> dict:
         return {AUTHID: Observed(AUTHID, AUTHID, "127.0.0.1", 0, 0)}
@@ -194,3 +195,35 @@ def test_exhaustion_cuts_and_records_the_cut(daemon_factory):
     assert daemon.adapter.cuts[-1] == {AUTHID}
     assert [m.reason for m in daemon.ledger.take_outbox() if m.topic == "session.cut"] == [
         "not active"]
+
+
+def test_request_log_port_taken_is_an_error_line_not_a_crash(daemon_factory, caplog):
+    daemon, wall, mono = daemon_factory()
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # no SO_REUSEPORT
+    squatter.bind(("127.0.0.1", daemon.config.proxy.log_port + 1))
+    caplog.set_level(logging.INFO)
+    try:
+        daemon.start()
+        wall.now = T0 + 1
+        daemon.tick()
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "proxy.log_port" in errors[0].getMessage()
+        assert daemon.adapter.sock is None
+        assert daemon.ledger.authid(AUTHID).charged_ms == 1000   # charging goes on
+    finally:
+        squatter.close()
+    wall.now = T0 + 2
+    daemon.tick()
+    assert daemon.adapter.sock is not None
+    daemon.stop()
+
+
+def test_tracking_off_closes_rows_a_tracking_run_left_open(daemon_factory):
+    daemon, _, _ = daemon_factory(tracking=False)
+    with daemon.ledger.transaction() as tx:
+        tx.open_session("proxy", AUTHID, "127.0.0.1", AUTHID)
+    daemon.book = sessiond_mod.SessionBook("proxy", daemon.ledger.open_sessions("proxy"))
+    daemon.start()
+    assert daemon.ledger.open_sessions() == []
+    closed = [m for m in daemon.ledger.take_outbox() if m.topic == "session.closed"]
+    assert [m.reason for m in closed] == ["tracking off"]

@@ -57,18 +57,41 @@ class Sessiond(Daemon):
         self.hints = charging.Hints()
         self.last_poll_ok = clock()
         self.trouble = ""              # the last haproxy problem logged (logged once)
+        self.log_trouble = False       # the request-log port could not be bound (logged)
         self.stuck: set[str] = set()   # authids cut but still live (logged once)
 
     def start(self) -> None:
         if self.adapter is not None:
-            # by file descriptor: zmq.Poller reports plain sockets by fd
-            self.watch(self.adapter.open_log().fileno(), self.adapter.read_log)
+            self.listen()
             self.timers.every(PRUNE_EVERY, self.adapter.prune, first=PRUNE_EVERY)
-            log.info("sessiond: tracking proxy sessions (request log on 127.0.0.1:%d)",
-                     self.adapter.log_port)
         else:
             log.info("sessiond: session tracking is off; charging wallclock time")
+            if self.book.open:
+                # rows left open by a run that tracked: nobody will ever close them
+                with self.ledger.transaction() as tx:
+                    self.book.apply(tx, {}, gone_reason="tracking off")
         self.timers.every(self.config.sessions.tick, self.tick)
+
+    def listen(self) -> None:
+        """Open the request-log socket; if the port is taken, say so and retry each tick
+        (charging goes on; cutting needs the log)."""
+        assert self.adapter is not None
+        if self.adapter.sock is not None:
+            return
+        try:
+            sock = self.adapter.open_log()
+        except OSError as exc:
+            if not self.log_trouble:
+                log.error("sessiond: cannot listen for haproxy's request log on "
+                          "127.0.0.1:%d (%s): sessions cannot be cut until it can; check "
+                          "proxy.log_port", self.adapter.log_port, exc.strerror or exc)
+                self.log_trouble = True
+            return
+        self.log_trouble = False
+        # by file descriptor: zmq.Poller reports plain sockets by fd
+        self.watch(sock.fileno(), self.adapter.read_log)
+        log.info("sessiond: tracking proxy sessions (request log on 127.0.0.1:%d)",
+                 self.adapter.log_port)
 
     def stop(self) -> None:
         if self.adapter is not None:
@@ -94,6 +117,8 @@ class Sessiond(Daemon):
 
     def tick(self) -> None:
         began = time.monotonic()
+        if self.adapter is not None and self.adapter.sock is None:
+            self.listen()
         live = self.observe()
         try:
             with self.ledger.transaction() as tx:
