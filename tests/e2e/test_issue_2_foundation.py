@@ -268,3 +268,76 @@ def test_issue_2_supervisord_conf_names_every_program():
     for program in PROGRAMS:
         assert f"[program:{program}]" in text
         assert f"autostart=%(ENV_LTHN_START_{program.upper()})s" in text
+
+
+def processes_of(directory: Path) -> list[int]:
+    """Live pids whose command line or LTHN_CONFIG names `directory` (the demo's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        config = [v for v in environ if v.startswith(b"LTHN_CONFIG=")]
+        if (str(directory) in cmdline or (config and str(directory).encode() in config[0])) \
+                and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def printed_command(output: str, first_word: str) -> list[str]:
+    """The command the demo printed that starts with `first_word` (continuations joined)."""
+    import shlex
+    text = output.replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.strip().startswith(first_word):
+            return shlex.split(line)
+    raise AssertionError(f"the demo printed no `{first_word}` command:\n{output}")
+
+
+def test_issue_2_demo_prints_how_to_pay_and_use_the_proxy_and_both_work(tmp_path):
+    """`lthn-node demo`: regtest chain + whole node; the printed pay command pays, the
+    printed curl command then gets the demo origin's page; Ctrl-C stops everything."""
+    if missing_programs():
+        pytest.skip(f"not in this tree yet: {', '.join(missing_programs())}")
+    from lthn.demo import ORIGIN_PAGE
+    directory = tmp_path / "demo"
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "wb") as out:
+        demo = subprocess.Popen([tool("lthn-node"), "demo", "--dir", str(directory)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        output = wait_for(lambda: demo.poll() is None and "3. Look inside" in
+                          out_path.read_text() and out_path.read_text(), timeout=180,
+                          what="the demo's instructions")
+        pay = printed_command(output, "lthn-node demo-pay")
+        curl = printed_command(output, "curl ")
+        refused = subprocess.run([*curl, "-s", "-i"], capture_output=True, text=True,
+                                 timeout=30, check=False)
+        assert refused.stdout.startswith("HTTP/1.1 403 ")
+        assert "x-lthn-status: no_payment" in refused.stdout.lower()
+        paid = subprocess.run([tool("lthn-node"), *pay[1:]], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert paid.returncode == 0, paid.stderr
+        assert paid.stdout.startswith(f"paid 0.05 XMR for authid {pay[-2]}: txid ")
+        wait_for(lambda: subprocess.run([*curl, "-s"], capture_output=True, timeout=30,
+                                        check=False).stdout == ORIGIN_PAGE,
+                 timeout=15, what="the origin's page through the paid proxy")
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=120) == 0
+        assert "Stopping the node and the regtest chain" in out_path.read_text()
+        assert processes_of(directory) == []
+    finally:
+        if demo.poll() is None:
+            demo.send_signal(signal.SIGINT)   # the demo's own clean stop, then force
+            try:
+                demo.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait()
+        for pid in processes_of(directory):
+            os.kill(pid, signal.SIGKILL)
