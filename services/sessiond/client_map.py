@@ -59,6 +59,7 @@ class ClientMap:
             return
         tmp = path.with_name(path.name + ".tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps({c: a for c, (a, _) in self.by_client.items()}))
             os.replace(tmp, path)
             self.changed = False

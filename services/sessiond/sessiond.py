@@ -24,7 +24,7 @@ from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated, ControlResync, SessionCut
 from services.sessiond import charging
 from services.sessiond.proxy_sessions import HaproxyTrouble, ProxyAdapter
-from services.sessiond.session_book import SessionBook
+from services.sessiond.session_book import Observed, SessionBook
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Sessiond(Daemon):
             self.adapter.close()
 
     # --- the tick ---
-    def observe(self) -> dict | None:
+    def observe(self) -> dict[str, Observed] | None:
         """The adapter's live sessions, or None when haproxy cannot tell us now."""
         if self.adapter is None:
             return None
