@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lthn import access
 from lthn.config import parse
@@ -263,3 +265,38 @@ def test_session_rows_and_messages(node_factory):
     assert len(opened) == 1 and opened[0].kind == "proxy" and opened[0].source == "127.0.0.1"
     assert len(closed) == 1 and closed[0].reason == "cut, credit exhausted"
     assert node.ledger.open_sessions() == []
+
+
+# --- properties of the pure decisions (hypothesis) ---
+
+span_lists = st.lists(
+    st.tuples(st.integers(0, 3000), st.one_of(st.none(), st.integers(0, 3000))).map(
+        lambda t: Span(t[0], None if t[1] is None else max(t[0], t[1]))),
+    max_size=6)
+
+
+def covered_by_brute_force(since: int, now: int, spans: list[Span], grace: int) -> int:
+    def live(ms: int) -> bool:
+        return any(s.start <= ms < (now if s.end is None else s.end + grace) for s in spans)
+    return sum(1 for ms in range(since, now) if live(ms))
+
+
+@settings(max_examples=300, deadline=None)
+@given(spans=span_lists, since=st.integers(0, 3000), length=st.integers(0, 1500),
+       grace=st.integers(0, 500))
+def test_connected_billable_is_exactly_the_covered_milliseconds(spans, since, length, grace):
+    now = since + length
+    assert billable_ms("connected", since, now, spans, grace) == \
+        covered_by_brute_force(since, now, spans, grace)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans=span_lists, cuts=st.lists(st.integers(1, 3999), max_size=8),
+       grace=st.integers(0, 500))
+def test_ticks_add_up_to_one_long_tick(spans, cuts, grace):
+    """Charging [a, c] in ticks costs what one charge of [a, c] does (closed sessions)."""
+    closed = [s if s.end is not None else Span(s.start, s.start) for s in spans]
+    points = [0, *sorted(set(cuts)), 4000]
+    parts = sum(billable_ms("connected", a, b, closed, grace)
+                for a, b in zip(points, points[1:], strict=False))
+    assert parts == billable_ms("connected", 0, 4000, closed, grace)
