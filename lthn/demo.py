@@ -141,8 +141,16 @@ def _tail(path: Path, lines: int = 20) -> str:
         if path.exists() else ""
 
 
+def command(name: str) -> str:
+    """How to type a console script: its bare name when PATH finds this one (a venv that
+    is not activated would not), else its full path."""
+    path = tool(name)
+    return name if shutil.which(name) == path else path
+
+
 def instructions(directory: Path, config: dict[str, Any], origin_port: int) -> str:
     authid = (SERVICE_ID + secrets.token_hex(7)).upper()
+    node, ctl, tap = command("lthn-node"), command("lthnctl"), command("lthn-tap")
     config_path = directory / "node.yaml"
     ca = directory / "state" / "tls" / "ca.pem"
     port = config["proxy"]["port"]
@@ -159,7 +167,7 @@ under supervisord, paid through a local Monero regtest chain. Ctrl-C stops every
 
 1. Pay for an authid (16 hex characters starting with {SERVICE_ID}), in another terminal:
 
-     lthn-node demo-pay --dir {directory} {authid} 0.05
+     {node} demo-pay --dir {directory} {authid} 0.05
 
 2. Use the proxy with it (before paying, this answers 403 NO_PAYMENT; add -i to see):
 
@@ -169,9 +177,9 @@ under supervisord, paid through a local Monero regtest chain. Ctrl-C stops every
    (--proxy-insecure instead of --proxy-cacert works too.)
 
 3. Look inside:
-     lthnctl -c {config_path} authid show {authid}
-     lthn-tap -c {config_path}                  # every bus message as it happens
-     lthn-node ctl -c {config_path} status      # supervisorctl
+     {ctl} -c {config_path} authid show {authid}
+     {tap} -c {config_path}    # every bus message as it happens
+     {node} ctl -c {config_path} status    # supervisorctl
      ls {directory / 'state' / 'log'}
 """
 
@@ -309,5 +317,5 @@ def pay(directory: Path, authid: str, amount: str) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     print(f"paid {coins} XMR for authid {authid}: txid {txid}")
-    print(f"balance: lthnctl -c {info['config']} authid show {authid}")
+    print(f"balance: {command('lthnctl')} -c {info['config']} authid show {authid}")
     return EXIT_OK

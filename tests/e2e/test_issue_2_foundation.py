@@ -288,14 +288,14 @@ def processes_of(directory: Path) -> list[int]:
     return found
 
 
-def printed_command(output: str, first_word: str) -> list[str]:
-    """The command the demo printed that starts with `first_word` (continuations joined)."""
+def printed_command(output: str, marker: str) -> list[str]:
+    """The command the demo printed whose line holds `marker` (continuations joined)."""
     import shlex
     text = output.replace("\\\n", " ")
     for line in text.splitlines():
-        if line.strip().startswith(first_word):
+        if marker in line:
             return shlex.split(line)
-    raise AssertionError(f"the demo printed no `{first_word}` command:\n{output}")
+    raise AssertionError(f"the demo printed no `{marker}` command:\n{output}")
 
 
 def test_issue_2_demo_prints_how_to_pay_and_use_the_proxy_and_both_work(tmp_path):
@@ -314,12 +314,13 @@ def test_issue_2_demo_prints_how_to_pay_and_use_the_proxy_and_both_work(tmp_path
         output = wait_for(lambda: demo.poll() is None and "3. Look inside" in
                           out_path.read_text() and out_path.read_text(), timeout=180,
                           what="the demo's instructions")
-        pay = printed_command(output, "lthn-node demo-pay")
-        curl = printed_command(output, "curl ")
+        pay = printed_command(output, " demo-pay ")
+        curl = printed_command(output, "curl --proxy ")
         refused = subprocess.run([*curl, "-s", "-i"], capture_output=True, text=True,
                                  timeout=30, check=False)
         assert refused.stdout.startswith("HTTP/1.1 403 ")
         assert "x-lthn-status: no_payment" in refused.stdout.lower()
+        assert pay[0] in ("lthn-node", tool("lthn-node"))
         paid = subprocess.run([tool("lthn-node"), *pay[1:]], capture_output=True, text=True,
                               timeout=120, check=False)
         assert paid.returncode == 0, paid.stderr

@@ -1,0 +1,63 @@
+"""Reference tables in README.md, written from the config schema and the bus catalogue.
+
+    python -m lthn.reference config      # the config reference (Markdown table)
+    python -m lthn.reference catalogue   # every bus message type
+
+tests/test_readme.py fails when README.md's copies differ from what this prints, so the
+README cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+
+from lthn.config import Config
+from lthn.messages import CATALOGUE, field_types
+from lthn.schema import describe, type_name, walk
+
+
+def _default(field: dataclasses.Field, hint: typing.Any) -> str:
+    if dataclasses.is_dataclass(hint):
+        return ""
+    if field.default is not dataclasses.MISSING:
+        return f"`{describe(field.default)}`"
+    if field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+        return "`[]`" if value == [] else f"`{value}`"
+    return "**required**"
+
+
+def config_table() -> str:
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for path, hint, field in walk(Config):
+        if not field.init:
+            continue
+        doc = field.metadata.get("doc", "")
+        rows.append(f"| `{path}` | {type_name(hint)} | {_default(field, hint)} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def catalogue_table() -> str:
+    rows = ["| topic | fields | meaning |", "| --- | --- | --- |"]
+    for topic, cls in sorted(CATALOGUE.items()):
+        fields = ", ".join(f"{name}: {kind.__name__}" for name, kind in field_types(cls).items())
+        rows.append(f"| `{topic}` v{cls.version} | {fields} | {cls.__doc__} |")
+    return "\n".join(rows) + "\n"
+
+
+TABLES = {"config": config_table, "catalogue": catalogue_table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in TABLES:
+        print(f"usage: python -m lthn.reference {{{','.join(TABLES)}}}", file=sys.stderr)
+        return 2
+    print(TABLES[args[0]](), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
