@@ -317,6 +317,10 @@ class RegtestChain:
     def mine(self, blocks: int, to: str | None = None) -> int:
         """Mine `blocks` blocks (pool txs go in them); returns the new block count."""
         with self.lock:
+            if not (to or self.payer.address):
+                # an object made only to talk to a running chain (lthn-node demo-pay)
+                self.payer.address = self.payer.rpc.call("get_address", {
+                    "account_index": 0}, timeout=10.0)["address"]
             return self._mine_with(self.daemon, blocks, to or self.payer.address)
 
     @staticmethod
