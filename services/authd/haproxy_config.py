@@ -106,6 +106,8 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "    log " + log_target.format(port=p.log_port),
         "    log " + log_target.format(port=p.log_port + 1),
         "    ssl-default-bind-options ssl-min-ver TLSv1.2",
+        "    # a second haproxy on the same port must fail loudly, never serve a stale map",
+        "    noreuseport",
         "",
         "defaults",
         "    mode http",

@@ -165,6 +165,7 @@ class StatusAnswerer:
             self.server.ledger.close()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():
+            self.server.shutdown()  # waits for serve_forever: only when it runs
+            self.thread.join(timeout=5)
         self.server.server_close()
-        self.thread.join(timeout=5)

@@ -1,0 +1,160 @@
+"""The generated haproxy.cfg and squid.conf: what they say, and that the real haproxy and
+squid accept them (`haproxy -c`, `squid -k parse`), through lthn-haproxy/lthn-squid -t."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lthn.config import parse
+from services.authd import destinations, haproxy_config, squid_config
+
+PROVIDER = "ab" * 32
+OWN = ["192.0.2.10/32", "2001:db8::10/128"]
+
+
+def config(tmp_path: Path, **proxy):
+    data = {"provider": {"id": PROVIDER}, "state_dir": str(tmp_path / "state"),
+            "services": [{"id": "1A", "name": "Proxy", "type": "proxy", "cost": "0.001"}],
+            "proxy": proxy}
+    return parse(data, "node.yaml"), data
+
+
+def write_config(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+VARIANTS = {
+    "defaults": {},
+    "everything": {"bind": "127.0.0.1", "port": 18443, "connect_ports": [443, 8443],
+                   "deny_networks": ["198.51.100.0/24", "2001:db8:1::/48"],
+                   "deny_domains": ["Blocked.Example", ".other.example"],
+                   "allow_destinations": ["127.0.0.1:8080", "10.1.0.0/16:80",
+                                          "origin.test:443", "[::1]:8081"],
+                   "hosts_file": "/etc/hosts", "dns_servers": ["127.0.0.1"]},
+    "ipv6-bind-and-other-backend": {"bind": "::", "backend": "127.0.0.1:3129"},
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_lthn_haproxy_writes_a_config_haproxy_accepts(tmp_path, name):
+    _, data = config(tmp_path, **VARIANTS[name])
+    result = subprocess.run([tool("lthn-haproxy"), "-c", str(write_config(tmp_path, data)),
+                             "-t"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "state" / "run"
+    assert "configuration is valid" in result.stdout
+    assert (run / "authids.map").read_text() == ""   # fresh ledger: nobody is active
+    check = subprocess.run(["haproxy", "-c", "-f", str(run / "haproxy.cfg")],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "WARNING" not in check.stdout + check.stderr, check.stderr
+    assert oct(os.stat(run).st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_lthn_squid_writes_a_config_squid_accepts(tmp_path, name):
+    _, data = config(tmp_path, **VARIANTS[name])
+    result = subprocess.run([tool("lthn-squid"), "-c", str(write_config(tmp_path, data)), "-t"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if VARIANTS[name].get("backend", "squid") != "squid":
+        assert "not needed" in result.stdout
+        return
+    parsed = subprocess.run(["squid", "-k", "parse", "-f",
+                             str(tmp_path / "state" / "run" / "squid.conf")],
+                            capture_output=True, text=True, timeout=60)
+    problems = [x for x in (parsed.stdout + parsed.stderr).splitlines()
+                if ("WARNING" in x or "ERROR" in x or "FATAL" in x) and "Via" not in x]
+    assert parsed.returncode == 0 and problems == []
+
+
+def test_config_mistakes_exit_2_with_error_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"provider": {"id": PROVIDER},
+                                   "state_dir": str(tmp_path / "s"), "proxy": {"prot": 1}}))
+    for name in ("lthn-haproxy", "lthn-squid"):
+        result = subprocess.run([tool(name), "-c", str(bad), "-t"], capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 2
+        assert result.stderr.startswith(
+            f'Error: {bad}: proxy.prot: unknown key (did you mean "port"?)')
+
+
+def test_unreadable_hosts_file_is_a_config_error_for_squid(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("squid only changes user when started as root")
+    hosts = tmp_path / "private" / "hosts"
+    hosts.parent.mkdir()
+    hosts.write_text("127.0.0.1 localhost\n")
+    os.chmod(hosts.parent, 0o700)
+    _, data = config(tmp_path, hosts_file=str(hosts))
+    result = subprocess.run([tool("lthn-squid"), "-c", str(write_config(tmp_path, data)), "-t"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"proxy.hosts_file: squid runs as user proxy and cannot read {hosts}" in result.stderr
+
+
+def test_haproxy_config_follows_the_design_contracts(tmp_path):
+    cfg, _ = config(tmp_path, log_port=9000, status_port=9100, squid_port=9200, port=9300,
+                    bind="127.0.0.1")
+    text = haproxy_config.render(cfg, OWN)
+    assert f"stats socket {cfg.haproxy_admin_socket} mode 600 level admin" in text
+    assert "log 127.0.0.1:9000 len 4096 format raw local0" in text
+    assert "log 127.0.0.1:9001 len 4096 format raw local0" in text
+    assert "option logasap" in text
+    assert ('log-format "LTHN1 %ci %cp %[var(txn.authid)] %[var(txn.reason)] %ST %HM '
+            '%[var(txn.dest)]"') in text
+    assert ("stick-table type string len 16 size 1m expire 1h "
+            "store conn_cur,bytes_in_cnt,bytes_out_cnt,http_req_cnt") in text
+    assert "http-request track-sc0 var(txn.authid) table authid_sessions" in text
+    assert f"map({tmp_path}/state/run/authids.map)" in text
+    assert "server upstream 127.0.0.1:9200" in text and "server authd 127.0.0.1:9100" in text
+    assert f"bind 127.0.0.1:9300 ssl crt {cfg.certificate_path}" in text
+    assert "ssl-min-ver TLSv1.2" in text and "timeout tunnel" in text
+    # headers go only after every check; the status request is let through before the paid one
+    assert text.index("del-header ^x-(lthn|itns)-") > text.index("str(DENY_DESTINATION)")
+    assert text.index("http-request allow if status_host status_path") < text.index("!paid")
+    for address in OWN:
+        assert address in text
+
+
+def test_destination_lists_cover_issue_10(tmp_path):
+    cfg, _ = config(tmp_path, deny_networks=["127.0.0.5/32", "203.0.113.0/24"])
+    denied = destinations.denied_networks(cfg, OWN)
+    for net in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                "100.64.0.0/10", "169.254.0.0/16", "fe80::/10", "fc00::/7", "224.0.0.0/4",
+                "ff00::/8", "0.0.0.0/8", "::/128", "203.0.113.0/24", *OWN):
+        assert net in denied
+    assert "127.0.0.5/32" not in denied  # inside 127.0.0.0/8: squid would warn and ignore
+    assert not any(n.startswith("::ffff:") for n in denied)  # would match every IPv4
+
+
+def test_squid_config_orders_exceptions_before_denies(tmp_path):
+    cfg, _ = config(tmp_path, allow_destinations=["127.0.0.1:8080", "origin.test:8443"],
+                    deny_domains=["blocked.test"], connect_ports=[443, 563])
+    text = squid_config.render(cfg, OWN, user="proxy")
+    lines = text.splitlines()
+    order = [i for i, x in enumerate(lines) if x.startswith("http_access")]
+    rules = [lines[i] for i in order]
+    assert rules[:2] == ["http_access deny manager", "http_access deny lthn_internal"]
+    assert rules[2:4] == ["http_access allow lthn_exception_0_host lthn_exception_0_port",
+                          "http_access allow lthn_exception_1_host lthn_exception_1_port"]
+    assert rules[-2:] == ["http_access deny lthn_denied_dst", "http_access allow all"]
+    assert "acl lthn_exception_1_host dstdomain origin.test" in text
+    assert "acl lthn_denied_domain dstdomain .blocked.test" in text
+    assert "acl lthn_connect_ports port 443 563" in text
+    assert f"http_port 127.0.0.1:{cfg.proxy.squid_port}" in text
+    assert "cache_effective_user proxy" in text and "cache deny all" in text
+    assert "deny_info ERR_LTHN_DENY_DESTINATION" in text
+    assert "deny_info ERR_ACCESS_DENIED" in squid_config.render(cfg, OWN, own_error_page=False)

@@ -1,0 +1,136 @@
+"""authd's map sync against a real haproxy 2.6 and a real ledger (no mocks)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lthn import access
+from lthn.config import parse
+from lthn.haproxy_runtime import HaproxyAdmin
+from lthn.ledger import Ledger
+from lthn.tls import ensure_certificates
+from services.authd import haproxy_config
+from services.authd.map_sync import MapSync, parse_show_map
+from tests.fixtures.common import free_port, wait_for
+
+ACTIVE = ["1A00000000000001", "1A00000000000002"]
+
+
+class Haproxy:
+    """haproxy on the rendered config, started and killed by the test."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.proc: subprocess.Popen | None = None
+        self.admin = HaproxyAdmin(cfg.haproxy_admin_socket, timeout=2)
+        self.map = haproxy_config.authid_map_path(cfg)
+
+    def start(self, map_text: str = "") -> Haproxy:
+        self.map.write_text(map_text)
+        path = self.cfg.state / "run" / "haproxy.cfg"
+        path.write_text(haproxy_config.render(self.cfg, []))
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: "Pid:" in self.admin.command("show info"), timeout=10,
+                 what="haproxy admin socket")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        self.cfg.haproxy_admin_socket.unlink(missing_ok=True)
+
+    def keys(self) -> dict[str, int]:
+        return dict(parse_show_map(self.admin.command(f"show map {self.map}")))
+
+
+@pytest.fixture
+def cfg(tmp_path: Path):
+    cfg = parse({"provider": {"id": "ab" * 32}, "state_dir": str(tmp_path),
+                 "services": [{"id": "1A", "name": "P", "type": "proxy", "cost": "0.001"}],
+                 "proxy": {"bind": "127.0.0.1", "port": free_port(), "log_port": free_port()}},
+                "test.yaml")
+    (tmp_path / "run").mkdir()
+    ensure_certificates(tmp_path / "tls")
+    return cfg
+
+
+@pytest.fixture
+def ledger(cfg):
+    led = Ledger.open(cfg.ledger_path)
+    for authid in ACTIVE:
+        activate(led, cfg, authid)
+    yield led
+    led.close()
+
+
+def activate(ledger: Ledger, cfg, authid: str) -> None:
+    with ledger.transaction() as tx:
+        tx.ensure_authid(authid, authid[:2])
+        tx.update_authid(authid, credit=100 * 10**12)
+        access.reevaluate(tx, tx.authid(authid), access.rules_for(cfg, cfg.services[0]), "t")
+
+
+def deactivate(ledger: Ledger, authid: str) -> None:
+    with ledger.transaction() as tx:
+        access.deactivate(tx, tx.authid(authid), "test", "t")
+
+
+@pytest.fixture
+def haproxy(cfg):
+    h = Haproxy(cfg)
+    yield h
+    h.stop()
+
+
+def test_resync_adds_missing_and_removes_extra_and_duplicates(cfg, ledger, haproxy):
+    haproxy.start("1A00000000000001 1A\n1A000000000000EE 1A\n1A000000000000EE 1A\n")
+    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    assert sync.resync("test") == (1, 1)
+    assert haproxy.keys() == {a: 1 for a in ACTIVE}
+    assert sync.resync("again") == (0, 0)
+
+
+def test_apply_follows_the_ledger_not_the_message(cfg, ledger, haproxy):
+    haproxy.start()
+    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    assert sync.apply(ACTIVE[0]) and sync.apply(ACTIVE[0])        # a replay adds nothing
+    assert haproxy.keys() == {ACTIVE[0]: 1}
+    deactivate(ledger, ACTIVE[0])
+    assert sync.apply(ACTIVE[0])
+    assert haproxy.keys() == {}
+    assert sync.apply("1A000000000000FF")                          # unknown: stays absent
+    assert not sync.apply("1A00 show info")                        # malformed: ignored
+    assert haproxy.keys() == {}
+
+
+def test_unreachable_haproxy_is_logged_once_and_resynced_when_back(cfg, ledger, haproxy,
+                                                                   caplog):
+    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    with caplog.at_level(logging.INFO, logger="services.authd.map_sync"):
+        for _ in range(3):
+            assert sync.resync("down") is None
+            assert sync.check_process() is False
+            assert sync.apply(ACTIVE[0]) is False
+        unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(unreachable) == 1
+        haproxy.start()          # an empty map: as if the file had been stale
+        assert sync.check_process() is True
+    assert haproxy.keys() == {a: 1 for a in ACTIVE}
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_new_haproxy_process_is_noticed_and_resynced(cfg, ledger, haproxy):
+    haproxy.start()
+    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    assert sync.check_process() is True and sync.check_process() is False
+    haproxy.stop()
+    haproxy.start("1A000000000000EE 1A\n")   # a new process with a wrong list
+    assert sync.check_process() is True
+    assert haproxy.keys() == {a: 1 for a in ACTIVE}

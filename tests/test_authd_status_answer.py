@@ -1,0 +1,122 @@
+"""authd's answer to the client status request, from a real ledger, over real HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from email.message import Message
+
+import pytest
+
+from lthn import access
+from lthn.config import parse
+from lthn.ledger import Ledger
+from services.authd.status_answer import StatusAnswerer, answer, authid_from
+from tests.fixtures.common import free_port, wait_for
+
+PROVIDER = "ab" * 32
+ACTIVE = "1A00112233445566"
+PENDING = "1A00000000000077"
+KEYS = {"id", "serviceid", "created", "modified", "activated", "spending", "balance",
+        "overall", "left", "confirmations", "charged_cnt", "discharged_cnt", "txid",
+        "txid_history"}
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return parse({"provider": {"id": PROVIDER}, "state_dir": str(tmp_path),
+                  "wallet": {"dialect": "monero"},
+                  "services": [{"id": "1A", "name": "P", "type": "proxy", "cost": "0.001",
+                                "firstPrePaidMinutes": 10}],
+                  "proxy": {"status_port": free_port()}}, "test.yaml")
+
+
+@pytest.fixture
+def ledger(cfg):
+    led = Ledger.open(cfg.ledger_path)
+    rules = access.rules_for(cfg, cfg.services[0])
+    with led.transaction() as tx:
+        for authid, amount, txid in ((ACTIVE, 12 * 10**9, "aa" * 32), (PENDING, 10**9, "bb" * 32)):
+            tx.ensure_authid(authid, "1A")
+            tx.insert_payment(txid, authid, amount, 10, 2, "mined", True, 1)
+            tx.update_authid(authid, credit=amount, payments=1)
+            access.reevaluate(tx, tx.authid(authid), rules, "test")
+    yield led
+    led.close()
+
+
+def headers(*pairs: tuple[str, str]) -> Message:
+    msg = Message()
+    for name, value in pairs:
+        msg[name] = value
+    return msg
+
+
+def test_active_authid_gets_200_and_lethean_keys_with_exact_integers(cfg, ledger):
+    result = answer(cfg, ledger, headers(("X-LTHN-PaymentID", ACTIVE.lower()),
+                                         ("X-LTHN-PaymentID", ACTIVE),
+                                         ("X-LTHN-MgmtID", PROVIDER.lower())))
+    assert (result.status, result.reason, result.content_type) == (200, "OK", "application/json")
+    import json
+    doc = json.loads(result.body)
+    assert KEYS <= set(doc)
+    assert (doc["id"], doc["serviceid"], doc["activated"]) == (ACTIVE, "1A", True)
+    assert doc["balance_atomic"] == 12 * 10**9 and doc["balance"] == 0.012
+    assert (doc["overall"], doc["left"]) == (12, 12)       # cost 10^9 atomic per minute
+    assert (doc["txid"], doc["txid_history"], doc["confirmations"]) == ("aa" * 32, ["aa" * 32], 2)
+
+
+@pytest.mark.parametrize("pairs,status,reason", [
+    ([("X-LTHN-PaymentID", PENDING), ("X-LTHN-MgmtID", PROVIDER)], 403, "NO_PAYMENT"),
+    ([("X-LTHN-PaymentID", "1A0000000000FFFF"), ("X-LTHN-MgmtID", PROVIDER)], 403, "NO_PAYMENT"),
+    ([("X-LTHN-MgmtID", PROVIDER)], 403, "NO_PAYMENT"),
+    ([("X-LTHN-PaymentID", ACTIVE), ("X-LTHN-PaymentID", PENDING),
+      ("X-LTHN-MgmtID", PROVIDER)], 403, "NO_PAYMENT"),
+    ([("X-LTHN-PaymentID", "xyz"), ("X-LTHN-MgmtID", PROVIDER)], 403, "NO_PAYMENT"),
+    ([("X-LTHN-PaymentID", ACTIVE), ("X-LTHN-MgmtID", "cd" * 32)], 503, "BAD_ID"),
+    ([("X-LTHN-PaymentID", ACTIVE)], 503, "BAD_ID"),
+    ([("X-ITNS-PaymentID", ACTIVE), ("X-ITNS-MgmtID", PROVIDER.upper())], 200, "OK"),
+], ids=["pending", "unknown", "no-header", "two-authids", "malformed", "wrong-provider",
+        "no-provider", "legacy-upper"])
+def test_refusals_and_legacy_headers(cfg, ledger, pairs, status, reason):
+    result = answer(cfg, ledger, headers(*pairs))
+    assert (result.status, result.reason) == (status, reason)
+
+
+def test_authid_from_header_values():
+    assert authid_from([ACTIVE.lower(), ACTIVE]) == ACTIVE
+    assert authid_from([f"{ACTIVE}, {ACTIVE.lower()}"]) == ACTIVE
+    assert authid_from([ACTIVE, PENDING]) is None
+    assert authid_from([]) is None and authid_from([""]) is None
+
+
+def test_answerer_answers_at_once_over_http(cfg, ledger):
+    server = StatusAnswerer(cfg)
+    server.start()
+    try:
+        def ask(mgmt: str) -> http.client.HTTPResponse:
+            conn = http.client.HTTPConnection("127.0.0.1", cfg.proxy.status_port, timeout=5)
+            conn.request("GET", "http://remote.lethean/status", headers={
+                "X-LTHN-PaymentID": ACTIVE, "X-LTHN-MgmtID": mgmt})
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            return response
+        wait_for(lambda: ask(PROVIDER), timeout=5, what="status answerer listening")
+        started = time.monotonic()
+        for _ in range(20):
+            response = ask(PROVIDER)
+            assert (response.status, response.getheader("X-LTHN-Status")) == (200, "OK")
+        assert time.monotonic() - started < 2.0   # the original slept 1 s per request
+        response = ask("cd" * 32)
+        assert (response.status, response.reason) == (503, "BAD_ID")
+        assert response.getheader("X-LTHN-Status") == "BAD_ID"
+    finally:
+        server.stop()
+
+
+def test_two_answerers_share_the_port(cfg, ledger):
+    """supervisord numprocs > 1: every authd binds the same status port (SO_REUSEPORT)."""
+    first, second = StatusAnswerer(cfg), StatusAnswerer(cfg)
+    first.stop()
+    second.stop()
