@@ -58,13 +58,22 @@ def deactivate(tx: Tx, row: AuthidRow, reason: str, actor: str) -> None:
 
 
 def charge(tx: Tx, row: AuthidRow, rules: Rules, ms: int, reason: str, actor: str) -> int:
-    """Charge `ms` of use (never more than the balance); returns the amount charged."""
+    """Charge `ms` of use (never more than the balance); returns the amount charged.
+
+    The balance changes on every tick; the spend row, audit line and `authid.charged`
+    message are per minute of use (and at exhaustion), so a busy node's ledger grows by
+    minutes, not ticks.
+    """
     amount = min(credit_rules.charge_for(rules, row.charged_ms, ms), max(0, row.balance))
-    tx.update_authid(row.authid, charged_ms=row.charged_ms + ms, spent=row.spent + amount,
+    charged_ms = row.charged_ms + ms
+    balance = row.balance - amount
+    tx.update_authid(row.authid, charged_ms=charged_ms, spent=row.spent + amount,
                      last_used=tx.now)
-    if amount:
-        tx.add_spend(row.authid, amount, ms, reason)
-        tx.audit(actor, "charged", row.authid, amount=amount, ms=ms, reason=reason)
-        tx.emit(AuthidCharged(authid=row.authid, amount=amount,
-                              balance=row.balance - amount))
+    period = row.charged_ms // credit_rules.MS_PER_MINUTE
+    total, total_ms = tx.add_spend(row.authid, amount, ms, reason, period)
+    minute_done = charged_ms // credit_rules.MS_PER_MINUTE > period
+    if total and (minute_done or credit_rules.must_deactivate(rules, balance)):
+        tx.audit(actor, "charged", row.authid, amount=total, ms=total_ms, minute=period,
+                 reason=reason)
+        tx.emit(AuthidCharged(authid=row.authid, amount=total, balance=balance))
     return amount

@@ -111,6 +111,14 @@ MIGRATIONS: list[str] = [
         body BLOB NOT NULL
     );
     """,
+    # 2: one spends row per authid and minute of use, summed tick by tick, instead of one
+    # row per tick (86,400 rows a day per spending authid at a 1 s tick); v1 rows keep
+    # their own negative period so the unique index holds for them
+    """
+    ALTER TABLE spends ADD COLUMN period INTEGER NOT NULL DEFAULT 0;
+    UPDATE spends SET period = -id;
+    CREATE UNIQUE INDEX spends_authid_period ON spends (authid, period);
+    """,
 ]
 
 
@@ -417,10 +425,18 @@ class Tx:
         return cur.rowcount == 1
 
     # --- spends ---
-    def add_spend(self, authid: str, amount: int, ms: int, reason: str) -> None:
+    def add_spend(self, authid: str, amount: int, ms: int, reason: str,
+                  period: int = 0) -> tuple[int, int]:
+        """Add to the authid's spend row of `period` (minute of use); returns its totals
+        (amount, ms) so far."""
         self.conn.execute(
-            "INSERT INTO spends (authid, amount, ms, at, reason) VALUES (?,?,?,?,?)",
-            (authid, amount, ms, self.now, reason))
+            "INSERT INTO spends (authid, period, amount, ms, at, reason) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT (authid, period) DO UPDATE SET amount = spends.amount + "
+            "excluded.amount, ms = spends.ms + excluded.ms, at = excluded.at",
+            (authid, period, amount, ms, self.now, reason))
+        row = self.conn.execute("SELECT amount, ms FROM spends WHERE authid = ? AND period = ?",
+                                (authid, period)).fetchone()
+        return int(row[0]), int(row[1])
 
     def spends_total(self, authid: str) -> int:
         return self.conn.execute(

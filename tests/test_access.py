@@ -78,13 +78,20 @@ def test_reactivation_needs_the_subsequent_prepaid_minutes(ledger):
     assert (row.state, row.activations) == ("ACTIVE", 2)
 
 
-def test_every_change_of_money_writes_an_audit_line(ledger):
+def test_charges_are_recorded_per_minute_of_use_not_per_tick(ledger):
     credit(ledger, 6000)
+    ledger.take_outbox()
+    for _ in range(3):  # 3 x 30 s: the first minute completes on the second tick
+        with ledger.transaction() as tx:
+            access.charge(tx, tx.authid(AUTHID), RULES, 30_000, "time", "test")
+    events = [(e, d) for _, e, _, d in ledger.audit_lines(AUTHID)]
+    assert events == [("activated", {"balance": 6000}),
+                      ("charged", {"amount": 600, "ms": 60_000, "minute": 0, "reason": "time"})]
+    assert topics(ledger) == ["authid.charged"]
     with ledger.transaction() as tx:
-        access.charge(tx, tx.authid(AUTHID), RULES, 30_000, "time", "test")
-    events = [e for _, e, _, _ in ledger.audit_lines(AUTHID)]
-    assert events == ["activated", "charged"]
-    assert ledger.audit_lines(AUTHID)[1][3] == {"amount": 300, "ms": 30_000, "reason": "time"}
+        assert tx.spends_total(AUTHID) == ledger.authid(AUTHID).spent == 900
+    rows = ledger.conn.execute("SELECT period, amount, ms FROM spends").fetchall()
+    assert rows == [(0, 600, 60_000), (1, 300, 30_000)]
 
 
 def test_a_failed_transaction_leaves_no_trace(ledger):
