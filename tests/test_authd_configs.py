@@ -158,3 +158,26 @@ def test_squid_config_orders_exceptions_before_denies(tmp_path):
     assert "cache_effective_user proxy" in text and "cache deny all" in text
     assert "deny_info ERR_LTHN_DENY_DESTINATION" in text
     assert "deny_info ERR_ACCESS_DENIED" in squid_config.render(cfg, OWN, own_error_page=False)
+
+
+def test_lthn_haproxy_writes_the_active_authids_from_the_ledger(tmp_path):
+    """A (re)started haproxy starts with the ledger's list, never a stale one (issue #4)."""
+    from lthn import access
+    from lthn.ledger import Ledger
+    cfg, data = config(tmp_path)
+    (tmp_path / "state").mkdir()
+    ledger = Ledger.open(cfg.ledger_path)
+    rules = access.rules_for(cfg, cfg.services[0])
+    with ledger.transaction() as tx:
+        for authid, credit in (("1A000000000000AA", 10**12), ("1A000000000000BB", 1)):
+            tx.ensure_authid(authid, "1A")
+            tx.update_authid(authid, credit=credit)
+            access.reevaluate(tx, tx.authid(authid), rules, "test")
+    ledger.close()
+    run = tmp_path / "state" / "run"
+    run.mkdir()
+    (run / "authids.map").write_text("1A000000000000CC 1A\n")   # stale, from before
+    result = subprocess.run([tool("lthn-haproxy"), "-c", str(write_config(tmp_path, data)),
+                             "-t"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (run / "authids.map").read_text() == "1A000000000000AA 1A\n"
