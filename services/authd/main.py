@@ -51,6 +51,10 @@ class AuthDaemon(Daemon):
         log.info("authd: status answerer on 127.0.0.1:%d, refusals from udp 127.0.0.1:%d",
                  self.config.proxy.status_port, self.config.proxy.log_port)
 
+    def reload(self) -> None:
+        """SIGHUP: nothing to re-read; rebuild haproxy's list from the ledger at once."""
+        self.map_sync.resync("reload")
+
     def periodic_resync(self) -> None:
         self.map_sync.resync("periodic")
 

@@ -152,3 +152,21 @@ def test_issue_4_haproxy_killed_and_restarted(pn, paid):
     assert time.monotonic() - started < 20
     answer = pn.client.request("GET", pn.origin.url("/"), authid=unpaid)
     assert (answer.status, answer.lthn_status) == (403, "NO_PAYMENT")
+
+
+def test_issue_4_two_authd_processes_share_the_work(proxy_node_factory):
+    """supervisord numprocs=2: both bind the status and log ports; each refusal is
+    published once, paid authids are admitted, status is answered."""
+    two = proxy_node_factory(authd_procs=2)
+    assert {two.node.status().get(f"authd:authd_{i}") for i in (0, 1)} == {"RUNNING"}
+    paid = two.pay_and_wait(timeout=5.0)
+    answer = two.client.request("GET", "http://remote.lethean/status", headers=[
+        ("X-LTHN-PaymentID", paid), ("X-LTHN-MgmtID", two.config.provider.id)])
+    assert (answer.status, answer.json()["id"]) == (200, paid)
+    first, marker = "1A0000000000AAAA", "1A0000000000BBBB"
+    for authid in (first, marker):
+        answer = two.client.request("GET", two.origin.url(f"/{authid}"), authid=authid)
+        assert answer.lthn_status == "NO_PAYMENT"
+    wait_for(lambda: any(m.authid == marker for m in two.refusals()), timeout=5,
+             what="the second refusal on the bus")
+    assert [m.authid for m in two.refusals()].count(first) == 1
