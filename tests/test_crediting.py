@@ -280,3 +280,14 @@ def test_double_spend_flag_on_a_mined_transfer_does_not_revoke(tmp_path, ledger)
     poll(ledger, crediting, [flagged])
     assert [p.state for p in ledger.payments_of(A_UP)] == ["in"]
     assert ledger.authid(A_UP).pending == TEN_MINUTES
+
+
+def test_a_service_removed_from_the_config_does_not_turn_credits_into_rejections(
+        tmp_path, ledger):
+    poll(ledger, Crediting(make_config(tmp_path)), [pool(1)])
+    other = config_mod.parse({"provider": {"id": "ab" * 32}, "state_dir": str(tmp_path),
+                              "services": [{"id": "2B", "name": "x", "type": "proxy",
+                                            "cost": COST}]}, "test.yaml")
+    poll(ledger, Crediting(other), [mined(1, 1)])
+    assert ledger.rejected() == []
+    assert ledger.authid(A_UP).credit == TEN_MINUTES

@@ -142,11 +142,13 @@ class Crediting:
             self._reject(tx, t, f"funds locked by unlock_time {t.unlock_time}", out)
             return
         service = self.config.service(service_of(authid))
+        row = tx.payment(t.txid, authid)
         if service is None:
-            self._reject(tx, t, f"unknown service {service_of(authid)}", out)
+            if row is None:
+                self._reject(tx, t, f"unknown service {service_of(authid)}", out)
+            # else: credited before its service left the config; nothing more to apply
             return
         rules = access.rules_for(self.config, service)
-        row = tx.payment(t.txid, authid)
         if row is None:
             self._credit(tx, t, authid, service, rules, out)
         else:
