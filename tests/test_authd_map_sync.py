@@ -134,3 +134,18 @@ def test_a_new_haproxy_process_is_noticed_and_resynced(cfg, ledger, haproxy):
     haproxy.start("1A000000000000EE 1A\n")   # a new process with a wrong list
     assert sync.check_process() is True
     assert haproxy.keys() == {a: 1 for a in ACTIVE}
+
+
+def test_resync_of_thousands_fits_haproxys_payload_limit(cfg, ledger, haproxy):
+    """One `add map` payload over 16 kB is silently dropped by haproxy: batches must not be."""
+    many = [f"1A{i:014X}" for i in range(1, 2001)]
+    with ledger.transaction() as tx:
+        rules = access.rules_for(cfg, cfg.services[0])
+        for authid in many:
+            tx.ensure_authid(authid, "1A")
+            tx.update_authid(authid, credit=100 * 10**12)
+            access.reevaluate(tx, tx.authid(authid), rules, "t")
+    haproxy.start()
+    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    assert sync.resync("test") == (len(set(many) | set(ACTIVE)), 0)
+    assert len(haproxy.keys()) == len(set(many) | set(ACTIVE))

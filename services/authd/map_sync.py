@@ -25,6 +25,10 @@ class RuntimeAnswerError(ValueError):
     """haproxy answered a runtime command with an error message."""
 
 
+# a CLI payload must fit haproxy's buffer (16 kB by default); a bigger one is dropped
+# without a word, so entries (~20 bytes each) are added this many at a time
+ADD_BATCH = 400
+
 # answers haproxy gives instead of data (runtime API, 2.6)
 _ERRORS = ("Unknown map identifier", "Unknown command", "Permission denied",
            "Missing", "Can't", "Out of memory", "Failed to", "Unknown")
@@ -146,8 +150,8 @@ class MapSync:
         active = {a: a[:2] for a in self.ledger.active_authids()}
         missing = [a for a in active if a not in present]
         extra = [a for a in present if a not in active]
-        if missing:
-            payload = "\n".join(f"{a} {active[a]}" for a in missing)
+        for start in range(0, len(missing), ADD_BATCH):
+            payload = "\n".join(f"{a} {active[a]}" for a in missing[start:start + ADD_BATCH])
             result = self._command(f"add map {self.map}", payload)
             if result is None:
                 return None
