@@ -83,7 +83,14 @@ class Paymentd(Daemon):
         transfers = self.wallet.get_transfers(self.crediting.query_height(self.ledger))
         vanished: list[str] = []
         extra: list[Transfer] = []
-        for txid in self.crediting.missing(self.ledger, transfers):
+        missing = self.crediting.missing(self.ledger, transfers)
+        if missing and height - 1 < self.crediting.scan_height(self.ledger):
+            # the wallet is below blocks we already scanned (restored, still syncing): its
+            # silence about a payment means nothing yet, so nothing is revoked this poll
+            log.debug("wallet at height %d is behind the scan height; %d missing payments "
+                      "wait", height, len(missing))
+            missing = []
+        for txid in missing:
             # not listed any more: only the wallet's own word makes it gone (issue #3)
             found = self.wallet.get_transfer_by_txid(txid)
             if found:

@@ -373,6 +373,29 @@ def test_issue_3_reorg_removing_a_mined_transfer_revokes_unspendable_credit(
     assert len(node.messages("payment.revoked")) == 1
 
 
+def test_issue_3_a_wallet_behind_the_scan_height_revokes_nothing(fake, node_factory):
+    """A wallet restored and still syncing (height below what was scanned) does not list a
+    mined payment yet: that silence revokes nothing until the wallet has caught up."""
+    services = [{"id": "1A", "name": "proxy", "type": "proxy", "cost": "0.001",
+                 "firstVerificationsNeeded": 5}]
+    authid, txid = new_authid("1A"), "34" * 32
+    node = node_factory(_fake_wallet_section(fake), services)
+    node.start_paymentd()
+    with fake.lock:
+        fake.mined = [fake_entry(txid, authid.lower(), AMOUNT, height=199, confirmations=1)]
+    _credited(node, txid)
+    with fake.lock:
+        fake.height, fake.mined = 20, []
+    polls = fake.calls_of("get_height")
+    wait_for(lambda: fake.calls_of("get_height") >= polls + 5, what="five more polls")
+    assert node.messages("payment.revoked") == []
+    assert fake.calls_of("get_transfer_by_txid") == 0
+    with fake.lock:
+        fake.height = 201
+    revoked = node.wait_message(lambda e: e.topic == "payment.revoked", what="revocation")
+    assert revoked.message.txid == txid
+
+
 def test_issue_3_pool_transfer_that_vanishes_is_revoked(fake, node_factory):
     """A pool transfer that leaves the pool unmined (needing 1 confirmation) is revoked."""
     services = [{"id": "1A", "name": "proxy", "type": "proxy", "cost": "0.001",
