@@ -181,3 +181,20 @@ def test_lthn_haproxy_writes_the_active_authids_from_the_ledger(tmp_path):
                              "-t"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (run / "authids.map").read_text() == "1A000000000000AA 1A\n"
+
+
+def test_lthn_squid_idles_when_another_proxy_is_the_backend(tmp_path):
+    """supervisord keeps seeing it RUNNING; SIGTERM ends it cleanly."""
+    import signal
+    _, data = config(tmp_path, backend="127.0.0.1:3129")
+    proc = subprocess.Popen([tool("lthn-squid"), "-c", str(write_config(tmp_path, data))],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "not needed, proxy.backend is 127.0.0.1:3129" in proc.stdout.readline()
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)  # still running a second after its start
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -6,8 +6,10 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from lthn import logs
@@ -57,6 +59,15 @@ def check(path: Path) -> tuple[bool, str]:
     return result.returncode == 0 and not problems, "\n".join(problems or lines[-5:])
 
 
+def _idle_until_stopped() -> None:
+    """Stay up doing nothing, so supervisord shows the program RUNNING, not FATAL."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Write the node's squid config, then run squid in the foreground.")
@@ -68,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.log_level)
     if config.proxy.backend != "squid":
         log.info("squid: not needed, proxy.backend is %s", config.proxy.backend)
+        if not args.test:
+            _idle_until_stopped()
         return EXIT_OK
     if shutil.which(SQUID) is None:
         print("Error: squid is not installed (apt-get install squid)", file=sys.stderr)
