@@ -86,14 +86,37 @@ def decode(frames: list[bytes], max_bytes: int) -> Envelope:
 class Publisher:
     """Publishes catalogue messages with a per-sender sequence number."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, sender: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, sender: str,
+                 connect_timeout: float = 2.0) -> None:
         ensure_ipc_dir(endpoint)
         self.sender = sender
         self.socket = ctx.socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.SNDHWM, 100_000)
-        self.socket.connect(endpoint)
+        self.connected = self._connect(endpoint, connect_timeout)
         self.seq = itertools.count(1)
+
+    def _connect(self, endpoint: str, timeout: float) -> bool:
+        """Connect and wait (bounded) until the forwarder's subscribe-all has arrived.
+
+        A PUB socket drops what it sends before it knows of a subscriber; the forwarder
+        subscribes to everything the moment a publisher connects, so once the handshake is
+        done and that subscription is read, a daemon's first messages are not lost.
+        """
+        monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            self.socket.connect(endpoint)
+            if not monitor.poll(int(timeout * 1000)):
+                log.warning("bus: %s not reachable yet; publishing anyway", endpoint)
+                return False
+            monitor.recv_multipart()
+        finally:
+            self.socket.disable_monitor()
+            monitor.close(0)
+        # the subscription travels right behind the handshake; zmq applies it on our next
+        # send once it has landed, which takes microseconds: 20 ms is a wide margin
+        time.sleep(0.02)
+        return True
 
     def publish(self, msg: Message) -> None:
         self.socket.send_multipart(encode(msg, self.sender, next(self.seq), time.time()))
@@ -152,6 +175,9 @@ def run_forwarder(ctx: zmq.Context, publish_endpoint: str, subscribe_endpoint: s
             os.unlink(ep[6:])  # a stale socket file from a killed forwarder
     xsub = ctx.socket(zmq.XSUB)
     xsub.bind(publish_endpoint)
+    # subscribe to everything upstream: publishers then send from their first message on,
+    # whether or not a subscriber has asked yet (subscribers still filter on their side)
+    xsub.send(b"\x01")
     xpub = ctx.socket(zmq.XPUB)
     xpub.setsockopt(zmq.SNDHWM, 200_000)
     xpub.bind(subscribe_endpoint)

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(0.5) and worker.is_alive():
         pass
     failed = not stop.is_set()  # the forwarder thread ended by itself: it could not bind
-    ctx.destroy(linger=0)
+    # term() makes zmq.proxy raise ContextTerminated in the worker, which closes its own
+    # sockets (closing them from here would pull them from under a running proxy)
+    ctx.term()
     worker.join(timeout=2)
     return 1 if failed else 0

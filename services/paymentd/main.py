@@ -28,7 +28,6 @@ from services.paymentd.wallet_rpc import Transfer, WalletClient, WalletError
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
-STARTUP_GRACE = 0.3
 
 
 class Wallet(enum.Enum):
@@ -54,10 +53,9 @@ class Paymentd(Daemon):
         log.info("paymentd: watching %s wallet at %s every %.2f s, from block %d",
                  self.config.wallet.dialect, self.config.wallet.url,
                  self.config.wallet.poll_interval, self.crediting.scan_height(self.ledger) + 1)
-        # a moment for the bus forwarder to pass subscriptions to our new publisher: what
-        # the first poll publishes before that is lost (pub/sub slow joiner; the ledger
-        # stays right either way and authd resyncs from it)
-        self.timers.after(STARTUP_GRACE, self.poll)
+        # the Publisher waited for the forwarder's subscribe-all, so the first poll's
+        # messages are not lost to the slow-joiner effect (lthn.bus.Publisher)
+        self.timers.after(0, self.poll)
 
     def stop(self) -> None:
         self.wallet.close()
