@@ -83,6 +83,7 @@ def test_squid_refuses_loopback_after_resolution_and_lets_the_exception_through(
             assert (status, error.split()[0]) == (403, page), request
         status, _ = ask(port, f"CONNECT 127.0.0.1:{origin.port} HTTP/1.1\r\n\r\n")
         assert status == 200
+        wait_for(lambda: origin.connections, timeout=5, what="squid connecting the exception")
         assert canary.connections == [] and len(origin.connections) == 1
     finally:
         proc.terminate()
