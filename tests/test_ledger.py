@@ -17,7 +17,7 @@ from lthn.messages import AuthidCharged
 from lthn.node import tool
 
 LATEST = len(MIGRATIONS)
-# a stand-in for the next migration: the real list has one entry so far
+# a stand-in for the next migration, appended after the real ones
 NEXT = "ALTER TABLE authids ADD COLUMN note TEXT NOT NULL DEFAULT ''"
 
 
