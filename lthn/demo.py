@@ -63,6 +63,8 @@ def prepare_dir(directory: Path) -> str | None:
         return f"{directory} is not a directory"
     if directory.is_dir() and any(directory.iterdir()) and not (directory / DEMO_FILE).exists():
         return f"{directory} is not empty and holds no earlier demo; choose another --dir"
+    if _running_supervisord(directory / "state" / "run" / "supervisord.pid"):
+        return f"a demo is still running in {directory}; stop it (Ctrl-C) or choose another --dir"
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     # a regtest chain starts again at height 1: an old ledger would name lost txids
@@ -71,6 +73,15 @@ def prepare_dir(directory: Path) -> str | None:
     for name in (DEMO_FILE, "node.yaml", "node.out"):
         (directory / name).unlink(missing_ok=True)
     return None
+
+
+def _running_supervisord(pidfile: Path) -> bool:
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"supervisord" in cmdline
 
 
 def node_config(directory: Path, chain: RegtestChain, origin_port: int) -> dict[str, Any]:

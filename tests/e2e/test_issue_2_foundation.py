@@ -328,6 +328,11 @@ def test_issue_2_demo_prints_how_to_pay_and_use_the_proxy_and_both_work(tmp_path
         wait_for(lambda: subprocess.run([*curl, "-s"], capture_output=True, timeout=30,
                                         check=False).stdout == ORIGIN_PAGE,
                  timeout=15, what="the origin's page through the paid proxy")
+        second = subprocess.run([tool("lthn-node"), "demo", "--dir", str(directory)],
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert second.returncode == 2
+        assert second.stderr.strip() == f"Error: a demo is still running in {directory}; " \
+            "stop it (Ctrl-C) or choose another --dir"
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=120) == 0
         assert "Stopping the node and the regtest chain" in out_path.read_text()
