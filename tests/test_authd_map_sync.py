@@ -91,7 +91,7 @@ def haproxy(cfg):
 
 def test_resync_adds_missing_and_removes_extra_and_duplicates(cfg, ledger, haproxy):
     haproxy.start("1A00000000000001 1A\n1A000000000000EE 1A\n1A000000000000EE 1A\n")
-    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    sync = MapSync(haproxy.admin, haproxy.map, ledger, cfg.state / "run" / "lock")
     assert sync.resync("test") == (1, 1)
     assert haproxy.keys() == {a: 1 for a in ACTIVE}
     assert sync.resync("again") == (0, 0)
@@ -99,7 +99,7 @@ def test_resync_adds_missing_and_removes_extra_and_duplicates(cfg, ledger, hapro
 
 def test_apply_follows_the_ledger_not_the_message(cfg, ledger, haproxy):
     haproxy.start()
-    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    sync = MapSync(haproxy.admin, haproxy.map, ledger, cfg.state / "run" / "lock")
     assert sync.apply(ACTIVE[0]) and sync.apply(ACTIVE[0])        # a replay adds nothing
     assert haproxy.keys() == {ACTIVE[0]: 1}
     deactivate(ledger, ACTIVE[0])
@@ -112,7 +112,7 @@ def test_apply_follows_the_ledger_not_the_message(cfg, ledger, haproxy):
 
 def test_unreachable_haproxy_is_logged_once_and_resynced_when_back(cfg, ledger, haproxy,
                                                                    caplog):
-    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    sync = MapSync(haproxy.admin, haproxy.map, ledger, cfg.state / "run" / "lock")
     with caplog.at_level(logging.INFO, logger="services.authd.map_sync"):
         for _ in range(3):
             assert sync.resync("down") is None
@@ -128,7 +128,7 @@ def test_unreachable_haproxy_is_logged_once_and_resynced_when_back(cfg, ledger, 
 
 def test_a_new_haproxy_process_is_noticed_and_resynced(cfg, ledger, haproxy):
     haproxy.start()
-    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    sync = MapSync(haproxy.admin, haproxy.map, ledger, cfg.state / "run" / "lock")
     assert sync.check_process() is True and sync.check_process() is False
     haproxy.stop()
     haproxy.start("1A000000000000EE 1A\n")   # a new process with a wrong list
@@ -146,6 +146,43 @@ def test_resync_of_thousands_fits_haproxys_payload_limit(cfg, ledger, haproxy):
             tx.update_authid(authid, credit=100 * 10**12)
             access.reevaluate(tx, tx.authid(authid), rules, "t")
     haproxy.start()
-    sync = MapSync(haproxy.admin, haproxy.map, ledger)
+    sync = MapSync(haproxy.admin, haproxy.map, ledger, cfg.state / "run" / "lock")
     assert sync.resync("test") == (len(set(many) | set(ACTIVE)), 0)
     assert len(haproxy.keys()) == len(set(many) | set(ACTIVE))
+
+
+def test_two_authd_processes_add_each_authid_once(cfg, ledger, haproxy):
+    """numprocs=2: both see every activation at the same moment; the lock keeps one entry."""
+    import threading
+    many = [f"1B{i:014X}" for i in range(40)]
+    with ledger.transaction() as tx:
+        rules = access.rules_for(cfg, cfg.services[0])
+        for authid in many:
+            tx.ensure_authid(authid, "1B")
+            tx.update_authid(authid, credit=100 * 10**12)
+            access.reevaluate(tx, tx.authid(authid), rules, "t")
+    haproxy.start()
+    go = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def authd_process() -> None:
+        own = Ledger.open(cfg.ledger_path)   # one ledger connection per process, as authd
+        sync = MapSync(HaproxyAdmin(cfg.haproxy_admin_socket), haproxy.map, own,
+                       cfg.state / "run" / "authd-map.lock")
+        try:
+            go.wait(timeout=10)
+            for authid in many:
+                assert sync.apply(authid)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+        finally:
+            sync.close()
+            own.close()
+
+    threads = [threading.Thread(target=authd_process) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert failures == []
+    assert haproxy.keys() == {a: 1 for a in many}

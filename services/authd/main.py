@@ -37,7 +37,8 @@ class AuthDaemon(Daemon):
     def __init__(self, config: Config, ctx: zmq.Context, ledger: Ledger) -> None:
         super().__init__(config, ctx, ledger)
         admin = HaproxyAdmin(config.haproxy_admin_socket, timeout=5.0)
-        self.map_sync = MapSync(admin, authid_map_path(config), ledger)
+        self.map_sync = MapSync(admin, authid_map_path(config), ledger,
+                                config.state / "run" / "authd-map.lock")
         self.status = StatusAnswerer(config)
         self.refusals = RefusalListener(config.proxy.log_port)
 
@@ -75,6 +76,7 @@ class AuthDaemon(Daemon):
         self.unwatch(self.refusals.fileno())
         self.refusals.close()
         self.status.stop()
+        self.map_sync.close()
 
 
 def main(argv: list[str] | None = None) -> int:

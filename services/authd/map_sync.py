@@ -8,8 +8,12 @@ once when haproxy's process changes, so missed messages converge (issue #4).
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,12 +82,30 @@ class ProcessIdentity:
 
 
 class MapSync:
-    def __init__(self, admin: HaproxyAdmin, map_path: Path, ledger: Ledger) -> None:
+    """Changes haproxy's map only while holding `lock_path` (an flock): with several authd
+    processes (supervisord numprocs) each check-then-add would otherwise race and add an
+    authid twice, and a resync could undo a newer change by another process."""
+
+    def __init__(self, admin: HaproxyAdmin, map_path: Path, ledger: Ledger,
+                 lock_path: Path) -> None:
         self.admin = admin
         self.map = str(map_path)
         self.ledger = ledger
+        self.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         self.process: ProcessIdentity | None = None
         self.unreachable = False  # logged once per outage, not once per retry
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # the ledger is read inside too: what is applied is never older than the last change
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.lock_fd)
 
     # --- talking to haproxy; every method returns False when haproxy is not there ---
     def _command(self, line: str, payload: str | None = None) -> str | None:
@@ -106,10 +128,11 @@ class MapSync:
         except AuthidError as exc:
             log.warning("authid: ignored a message about a malformed authid: %s", exc)
             return False
-        row = self.ledger.authid(authid)
-        if row is not None and row.state == State.ACTIVE.value:
-            return self._ensure_present(authid, row.service_id)
-        return self._ensure_absent(authid)
+        with self._exclusive():
+            row = self.ledger.authid(authid)
+            if row is not None and row.state == State.ACTIVE.value:
+                return self._ensure_present(authid, row.service_id)
+            return self._ensure_absent(authid)
 
     def _ensure_present(self, authid: str, service_id: str) -> bool:
         # set first: an authid already present (a replayed message) is not added twice
@@ -139,6 +162,10 @@ class MapSync:
 
     def resync(self, reason: str) -> tuple[int, int] | None:
         """Add what the ledger has and the map lacks, delete the rest: (added, removed)."""
+        with self._exclusive():
+            return self._resync(reason)
+
+    def _resync(self, reason: str) -> tuple[int, int] | None:
         answer = self._command(f"show map {self.map}")
         if answer is None:
             return None
