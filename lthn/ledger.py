@@ -280,7 +280,7 @@ class Ledger:
         return Tx(self.conn, self.clock()).authid(authid)
 
     def payments_of(self, authid: str) -> list[PaymentRow]:
-        return [PaymentRow(*r[:6], bool(r[6]), *r[7:]) for r in self.conn.execute(
+        return [_payment(r) for r in self.conn.execute(
             f"SELECT {_PAYMENT_COLS} FROM payments WHERE authid = ? ORDER BY first_seen, txid",
             (authid,))]
 
@@ -296,12 +296,7 @@ class Ledger:
             "SELECT txid, payment_id, amount, reason FROM rejected_transfers ORDER BY seen"))
 
     def open_sessions(self, kind: str | None = None) -> list[SessionRow]:
-        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE state = 'OPEN'"
-        args: tuple = ()
-        if kind:
-            sql += " AND kind = ?"
-            args = (kind,)
-        return [SessionRow(*r) for r in self.conn.execute(sql, args)]
+        return Tx(self.conn, self.clock()).open_sessions(kind)
 
     def audit_lines(self, authid: str | None = None) -> list[tuple[str, str, str, dict]]:
         rows = self.conn.execute(
@@ -324,6 +319,10 @@ class Ledger:
         for _id, topic, body in sorted(rows):
             out.append(build(CATALOGUE[topic], msgpack.unpackb(body, raw=False)))
         return out
+
+
+def _payment(row: tuple) -> PaymentRow:
+    return PaymentRow(*row[:6], bool(row[6]), *row[7:])
 
 
 _AUTHID_COLS = ("authid, service_id, state, created, modified, activations, activated_at, "
@@ -386,7 +385,7 @@ class Tx:
         row = self.conn.execute(
             f"SELECT {_PAYMENT_COLS} FROM payments WHERE txid = ? AND authid = ?",
             (txid, authid)).fetchone()
-        return PaymentRow(*row[:6], bool(row[6]), *row[7:]) if row else None
+        return _payment(row) if row else None
 
     def insert_payment(self, txid: str, authid: str, amount: int, height: int,
                        confirmations: int, state: str, spendable: bool, ordinal: int) -> bool:
@@ -408,7 +407,7 @@ class Tx:
 
     def watched_payments(self, confirmations_below: int) -> list[PaymentRow]:
         """Payments still moving: in the pool, not yet spendable, or few confirmations."""
-        return [PaymentRow(*r[:6], bool(r[6]), *r[7:]) for r in self.conn.execute(
+        return [_payment(r) for r in self.conn.execute(
             f"SELECT {_PAYMENT_COLS} FROM payments WHERE state != 'revoked' AND "
             "(state = 'pool' OR spendable = 0 OR confirmations < ?)", (confirmations_below,))]
 
