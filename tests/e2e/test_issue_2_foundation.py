@@ -252,6 +252,25 @@ def test_issue_2_two_authd_processes_publish_a_refusal_once(run_node, tmp_path):
         tap.wait(timeout=10)
 
 
+def test_issue_2_firewalld_reports_a_source_with_many_refusals(run_node):
+    """Real refusals (haproxy -> authd -> bus) reach firewalld, which reports the source
+    once it reaches the threshold, and says it bans nobody."""
+    require("busd", "authd", "firewalld", "haproxy", "squid")
+    node = run_node({"firewall": {"refusal_threshold": 5, "refusal_window": 60}},
+                    programs=("busd", "authd", "firewalld", "haproxy", "squid"))
+    node.wait_log("firewalld", "firewalld: ready")
+    for n in range(4):
+        assert curl_through(node, f"1AEEEE{n:010X}", "http://127.0.0.1:9/") == "NO_PAYMENT"
+    node.wait_log("authd", "refused 127.0.0.1: NO_PAYMENT")
+    assert "refusals in" not in node.log_text("firewalld")
+    for n in range(4, 8):
+        assert curl_through(node, f"1AEEEE{n:010X}", "http://127.0.0.1:9/") == "NO_PAYMENT"
+    line = "source 127.0.0.1: 5 refusals in 60 s (threshold 5); no ban applied: bans are " \
+        "not implemented yet"
+    log = node.wait_log("firewalld", line)
+    assert log.count("refusals in 60 s") == 1     # reported once, not once per refusal
+
+
 def test_issue_2_bad_authd_procs_is_refused(tmp_path, node_config):
     config = tmp_path / "node.yaml"
     config.write_text(yaml.safe_dump(node_config()))
