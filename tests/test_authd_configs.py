@@ -138,6 +138,7 @@ def test_destination_lists_cover_issue_10(tmp_path):
         assert net in denied
     assert "127.0.0.5/32" not in denied  # inside 127.0.0.0/8: squid would warn and ignore
     assert not any(n.startswith("::ffff:") for n in denied)  # would match every IPv4
+    assert destinations.denied_domains(cfg) == ["localhost"]
 
 
 def test_squid_config_orders_exceptions_before_denies(tmp_path):
@@ -151,8 +152,8 @@ def test_squid_config_orders_exceptions_before_denies(tmp_path):
     assert rules[2:4] == ["http_access allow lthn_exception_0_host lthn_exception_0_port",
                           "http_access allow lthn_exception_1_host lthn_exception_1_port"]
     assert rules[-2:] == ["http_access deny lthn_denied_dst", "http_access allow all"]
-    assert "acl lthn_exception_1_host dstdomain origin.test" in text
-    assert "acl lthn_denied_domain dstdomain .blocked.test" in text
+    assert "acl lthn_exception_1_host dstdomain -n origin.test" in text
+    assert "acl lthn_denied_domain dstdomain -n .blocked.test .localhost" in text
     assert "acl lthn_connect_ports port 443 563" in text
     assert f"http_port 127.0.0.1:{cfg.proxy.squid_port}" in text
     assert "cache_effective_user proxy" in text and "cache deny all" in text

@@ -109,9 +109,14 @@ def denied_networks(config: Config, own: list[str] | None = None) -> list[str]:
                        for o in networks)]
 
 
+# names that always mean this machine (RFC 6761), refused before any resolver is asked
+BUILTIN_DENIED_DOMAINS = ("localhost",)
+
+
 def denied_domains(config: Config) -> list[str]:
-    """Operator's denied domains, lower case, without a leading dot (subdomains included)."""
-    return sorted({d.strip().lower().lstrip(".") for d in config.proxy.deny_domains
+    """Denied domains (subdomains included), lower case, without leading or trailing dot."""
+    return sorted({d.strip().lower().strip(".")
+                   for d in (*BUILTIN_DENIED_DOMAINS, *config.proxy.deny_domains)
                    if d.strip(". ")})
 
 

@@ -64,7 +64,7 @@ def _destination_rules(config: Config, own: list[str] | None) -> list[str]:
         "    # all-numeric hosts that are not plain addresses (127.1, 2130706433, 0x7f.1):",
         "    # resolvers disagree on them, so they are refused rather than guessed",
         "    acl dest_numeric var(txn.dhost) -m reg -i "
-        "^(0x[0-9a-f]+|[0-9]+)([.](0x[0-9a-f]+|[0-9]+))*[.]?$",
+        "^(0x[0-9a-f]+|[0-9]+)([.](0x[0-9a-f]+|[0-9]+))*$",
         "    acl dest_is_ip var(txn.dhost) -m ip 0.0.0.0/0 ::/0",
         "    acl connect_port var(txn.dport) -m int "
         + " ".join(str(p) for p in destinations.connect_ports(config)),
@@ -126,7 +126,8 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "",
         "frontend lthn_proxy",
         f"    bind {p.bind}:{p.port} ssl crt {config.certificate_path} alpn http/1.1",
-        "    # the destination's authority (host[:port]) of an absolute URI or a CONNECT",
+        "    # the destination's authority (host[:port]) of an absolute URI or a CONNECT; its",
+        "    # host without brackets or a trailing dot, lower case; its port (80 if not given)",
         '    http-request set-var(txn.dest) "url,regsub(\'^[a-zA-Z][a-zA-Z0-9+.-]*://\','
         '\'\'),regsub(\'/.*\\$\',\'\'),regsub(\'^.*@\',\'\')"',
         "    acl dest_set var(txn.dest) -m reg .",
@@ -137,7 +138,7 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         '    http-request set-var(txn.dport) "var(txn.dest),regsub(\'^.*:([0-9]+)\\$\','
         '\'\\\\1\')" if dest_has_port',
         '    http-request set-var(txn.dhost) "var(txn.dest),regsub(\':[0-9]+\\$\',\'\'),'
-        'regsub(\'^\\\\[(.*)\\\\]\\$\',\'\\\\1\'),lower"',
+        'regsub(\'^\\\\[(.*)\\\\]\\$\',\'\\\\1\'),regsub(\'[.]\\$\',\'\'),lower"',
         "",
         "    # --- method (every standard method passes, HEAD included) ---",
         f"    acl standard_method method {methods}",

@@ -122,10 +122,11 @@ def render(config: Config, own_addresses: list[str] | None = None,
         "acl lthn_denied_dst dst " + " ".join(denied),
     ]
     if domains:
-        lines.append("acl lthn_denied_domain dstdomain " + " ".join("." + d for d in domains))
+        # -n: an IP-literal URL is not reverse-resolved to be compared with names
+        lines.append("acl lthn_denied_domain dstdomain -n " + " ".join("." + d for d in domains))
     allows = []
     for i, exc in enumerate(destinations.exceptions(config)):
-        match = f"dstdomain {exc.host}" if exc.is_name else f"dst {exc.network}"
+        match = f"dstdomain -n {exc.host}" if exc.is_name else f"dst {exc.network}"
         lines.append(f"acl lthn_exception_{i}_host {match}")
         lines.append(f"acl lthn_exception_{i}_port port {exc.port}")
         allows.append(f"http_access allow lthn_exception_{i}_host lthn_exception_{i}_port")
