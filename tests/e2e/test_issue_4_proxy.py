@@ -105,11 +105,15 @@ def test_issue_4_non_standard_method_is_bad_method(pn, paid):
     assert (answer.status, answer.lthn_status) == (403, "BAD_METHOD")
 
 
-@pytest.mark.parametrize("target", ["http://remote.lethean/status", "http://_remote_/status"])
-def test_issue_4_status_request_answers_the_authids_json(pn, paid, target):
+@pytest.mark.parametrize("target,host", [("http://remote.lethean/status", None),
+                                         ("http://_remote_/status", None),
+                                         ("/status", "remote.lethean")],
+                         ids=["remote.lethean", "_remote_", "origin-form"])
+def test_issue_4_status_request_answers_the_authids_json(pn, paid, target, host):
     provider = pn.config.provider.id.lower()  # the client sends it in lower case
     answer = pn.client.request("GET", target, headers=[
-        ("X-LTHN-PaymentID", paid), ("X-LTHN-PaymentID", paid), ("X-LTHN-MgmtID", provider)])
+        ("X-LTHN-PaymentID", paid), ("X-LTHN-PaymentID", paid), ("X-LTHN-MgmtID", provider),
+        *([("Host", host)] if host else [])])
     assert (answer.status, answer.lthn_status) == (200, "OK"), answer
     doc = answer.json()
     assert STATUS_KEYS <= set(doc)
