@@ -198,10 +198,6 @@ def two_authd_node(run_node) -> Node:
     return node
 
 
-@pytest.mark.xfail(reason="known bug in services/authd/map_sync.py: both authd processes "
-                   "run `set map` (not found) then `add map` for the same activation, so "
-                   "haproxy's map gets the authid twice; remove this mark when fixed",
-                   strict=False)
 def test_issue_2_two_authd_processes_admit_an_authid_once(run_node):
     """numprocs 2: 20 activations at once give 20 map entries, one each."""
     node = two_authd_node(run_node)
