@@ -152,6 +152,15 @@ class Daemon:
         elif signum == signal.SIGHUP:
             self.reload()
 
+    def wait(self, timeout_ms: int) -> dict[Any, int]:
+        """Readable sockets, waiting at most timeout_ms (signals are seen within it)."""
+        if not self.handlers:
+            # zmq_poll on no sockets returns at once: without this a daemon that watches
+            # nothing (paymentd) spun at 100% CPU between its timers
+            time.sleep(timeout_ms / 1000)
+            return {}
+        return dict(self.poller.poll(timeout_ms))
+
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._record_signal)
@@ -160,7 +169,7 @@ class Daemon:
         log.info("%s: ready", self.name)
         try:
             while not self.stopping:
-                ready = dict(self.poller.poll(self.timers.ms_until_next(at_most=1000)))
+                ready = self.wait(self.timers.ms_until_next(at_most=1000))
                 for sock in ready:
                     self.handlers[sock]()
                 self.timers.run_due()
