@@ -31,7 +31,8 @@ import yaml
 from lthn.authid import AuthidError, parse_authid
 from lthn.commands.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from lthn.node import PROGRAMS, parse_status, process_names, tool
-from lthn.regtest import RegtestChain, RegtestError, free_port
+from lthn.ports import free_port, free_port_pair
+from lthn.regtest import RegtestChain, RegtestError
 
 DEMO_FILE = "demo.json"
 SERVICE_ID = "1A"
@@ -85,9 +86,7 @@ def _running_supervisord(pidfile: Path) -> bool:
 
 
 def node_config(directory: Path, chain: RegtestChain, origin_port: int) -> dict[str, Any]:
-    log_port = free_port()
-    while not _free(log_port + 1):
-        log_port = free_port()
+    log_port = free_port_pair()
     return {
         "provider": {"id": secrets.token_hex(32), "name": "Lethean demo node"},
         "wallet": chain.wallet_section(poll_interval=0.5),
@@ -101,17 +100,6 @@ def node_config(directory: Path, chain: RegtestChain, origin_port: int) -> dict[
                   "allow_destinations": [f"127.0.0.1:{origin_port}"]},
         "state_dir": str(directory / "state"),
     }
-
-
-def _free(port: int) -> bool:
-    import socket
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
 
 
 def ctl_status(config_path: Path) -> dict[str, str]:

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +25,8 @@ from typing import Any, TypeVar
 
 import requests
 from requests.auth import HTTPDigestAuth
+
+from lthn.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,6 @@ PAYER_ADDRESS = ("44YFRRhUWLZ8RPCywUk2YS9Ns65aCVfK9WRcnL7a6Pj7eGJnU87MLJBhSjrW2u
 
 class RegtestError(Exception):
     """The regtest chain could not do what was asked; the text says which part and why."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _until(check: Callable[[], T | None], deadline: float, what: str,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import socket
 
+from lthn.ports import free_port_pair
 from services.sessiond.client_map import ClientMap, drain, open_log_socket
 from tests.fixtures.common import wait_for
-from tests.fixtures.node import free_port_pair
 
 
 class HandClock:

@@ -16,11 +16,11 @@ from lthn.bus import Envelope
 from lthn.config import parse
 from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated
+from lthn.ports import free_port_pair
 from services.sessiond import sessiond as sessiond_mod
 from services.sessiond.client_map import ClientMap
 from services.sessiond.session_book import Observed
 from services.sessiond.sessiond import Sessiond
-from tests.fixtures.node import free_port_pair
 
 AUTHID = "1A00112233445566"
 T0 = 1_700_000_000.0

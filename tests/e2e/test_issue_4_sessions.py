@@ -30,6 +30,7 @@ from lthn import config as config_mod
 from lthn.bus import Envelope, Publisher, Subscriber
 from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated
+from lthn.ports import free_port_pair
 from services.sessiond import charging
 from tests.fixtures.common import wait_for
 from tests.fixtures.mini_proxy import (
@@ -40,7 +41,6 @@ from tests.fixtures.mini_proxy import (
     open_tunnel,
     request_status,
 )
-from tests.fixtures.node import free_port_pair
 
 BUSD = "import sys; from lthn.busd import main; sys.exit(main(sys.argv[1:]))"
 AUTHID = "1A00112233445566"
