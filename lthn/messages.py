@@ -152,7 +152,7 @@ class AccessRefused(Message):
 
 @message("control.resync")
 class ControlResync(Message):
-    """Ask every daemon to rebuild its derived state from the ledger (lthnctl refresh)."""
+    """Ask daemons to rebuild derived state from the ledger (authd resyncs haproxy's map)."""
     reason: str
 
 
