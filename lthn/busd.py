@@ -35,3 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.term()
     worker.join(timeout=2)
     return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,3 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     return args.module.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

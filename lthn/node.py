@@ -236,3 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
 
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

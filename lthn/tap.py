@@ -56,3 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.close()
         ctx.destroy(linger=0)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

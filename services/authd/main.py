@@ -82,3 +82,7 @@ class AuthDaemon(Daemon):
 def main(argv: list[str] | None = None) -> int:
     return run_daemon(AuthDaemon, argv, description="Run authd: haproxy admission, client "
                       "status answers and refusal events.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -95,3 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     # become haproxy, so supervisord's signals and exit status are haproxy's own
     os.execvp(HAPROXY, [HAPROXY, "-db", "-f", str(path)])
     return EXIT_FAILED  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -104,3 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # no disk cache, so no `squid -z`; -d 1 sends squid's log to stderr for supervisord
     os.execvp(SQUID, [SQUID, "-N", "-d", "1", "-f", str(path)])
     return EXIT_FAILED  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
