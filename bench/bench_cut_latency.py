@@ -34,6 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # for tests.fixtures (not an installed package)
 
+from benchlib import percentile, wait  # noqa: E402
+
 from lthn import access  # noqa: E402
 from lthn import config as config_mod  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
@@ -43,22 +45,6 @@ from tests.fixtures.mini_proxy import ConnectOrigin, MiniHaproxy, open_tunnel  #
 
 BUSD = "import sys; from lthn.busd import main; sys.exit(main(sys.argv[1:]))"
 PER_SECOND = 1000            # cost 0.0006 coin/min at 10^8 atomic units per coin
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
-def wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}")
 
 
 class CloseWatcher:

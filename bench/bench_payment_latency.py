@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 import zmq
+from benchlib import percentile, wait
 
 from lthn import config as config_mod
 from lthn.bus import Subscriber
@@ -36,25 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 BUSD = "import sys; from lthn.busd import main; sys.exit(main(sys.argv[1:]))"
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
 def spawn(args: list[str], log: Path, config: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, *args, "-c", str(config)], stdout=out,
                                 stderr=subprocess.STDOUT, cwd=str(REPO))
-
-
-def wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-    raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}")
 
 
 def main() -> int:
@@ -122,8 +108,9 @@ def main() -> int:
 
         for i in range(args.payments):
             txid = chain.pay("1A" + secrets.token_hex(7), 10**10)
-            listed = wait(lambda t=txid: listed_at(t), 10, f"{txid} listed")
-            done = wait(lambda t=txid: credited_at(t), 30, f"payment.credited for {txid}")
+            listed = wait(lambda t=txid: listed_at(t), 10, f"{txid} listed", interval=0)
+            done = wait(lambda t=txid: credited_at(t), 30, f"payment.credited for {txid}",
+                        interval=0)
             if done < listed:
                 paymentd_first += 1  # paymentd's poll beat ours: count it as 0
             latencies.append(max(0.0, done - listed))

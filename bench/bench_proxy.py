@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from benchlib import percentile
 from proxy_rig import ProxyRig, Route, read_response, request_bytes
 
 MB = 1_000_000
@@ -56,12 +57,6 @@ class Plan:
 
 FULL = Plan(200 * MB, 3, 8, 5.0, 3, 10_000, (100, 10_000, 100_000))
 QUICK = Plan(50 * MB, 1, 8, 2.0, 1, 1000, (100, 10_000, 100_000))
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 def requests_for(rig: ProxyRig, route: Route, count: int = 256) -> list[bytes]:

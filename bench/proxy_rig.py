@@ -22,14 +22,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # for tests.fixtures (not an installed package)
+
+from benchlib import wait  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
 from lthn.access import State  # noqa: E402
@@ -45,21 +45,6 @@ BLOCK = bytes(range(256)) * 4096                  # 1 MiB served over and over
 SERVICE = "1A"
 # this tree's lthn-haproxy / lthn-squid (their modules have no __main__ guard)
 RUN_MAIN = "import sys; from {} import main; sys.exit(main(sys.argv[1:]))"
-
-
-def wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except OSError as exc:   # not up yet
-            last = exc
-        time.sleep(0.05)
-    raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}"
-                     + (f" (last error: {last!r})" if last else ""))
 
 
 # --- the origin: keep-alive HTTP/1.1 from memory, in its own process ---

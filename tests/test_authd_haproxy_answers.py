@@ -3,9 +3,6 @@ haproxy 2.6 transcripts (tests/transcripts/, expected result above each block)."
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from services.authd.map_sync import (
@@ -16,23 +13,7 @@ from services.authd.map_sync import (
     parse_show_map,
 )
 from services.authd.refusals import RefusalListener
-
-TRANSCRIPTS = Path(__file__).parent / "transcripts"
-
-
-def blocks(name: str) -> list[tuple[str, object, str]]:
-    """(title, expected, text) per `# expect:` block; `## ` lines title the next block."""
-    out: list[list] = []
-    title = ""
-    for line in (TRANSCRIPTS / name).read_text().splitlines(keepends=True):
-        if line.startswith("## "):
-            title = line[3:].strip()
-        elif line.startswith("# expect: "):
-            out.append([title, json.loads(line[len("# expect: "):]), ""])
-        elif out:
-            out[-1][2] += line
-    return [tuple(b) for b in out]  # type: ignore[misc]
-
+from tests.fixtures.transcripts import blocks
 
 MAPS = blocks("haproxy_show_map.txt")
 INFOS = blocks("haproxy_show_info.txt")

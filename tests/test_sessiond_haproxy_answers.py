@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from services.sessiond.haproxy_answers import (
@@ -13,26 +10,7 @@ from services.sessiond.haproxy_answers import (
     parse_sessions,
     parse_table,
 )
-
-TRANSCRIPTS = Path(__file__).parent / "transcripts"
-
-
-def blocks(name: str) -> list[tuple[str, object, str]]:
-    """(title, expected, answer) per `# expect:` block; `## ` lines are comments."""
-    out: list[tuple[str, object, str]] = []
-    title = ""
-    current: list | None = None
-    for line in (TRANSCRIPTS / name).read_text().splitlines(keepends=True):
-        if line.startswith("## "):
-            title = line[3:].strip()
-            current = None
-        elif line.startswith("# expect: "):
-            current = [title, json.loads(line[len("# expect: "):]), ""]
-            out.append(current)  # type: ignore[arg-type]
-        elif current is not None:
-            current[2] += line
-    return [tuple(b) for b in out]  # type: ignore[misc]
-
+from tests.fixtures.transcripts import blocks
 
 TABLE = blocks("haproxy_show_table.txt")
 SESS = blocks("haproxy_show_sess.txt")

@@ -1,0 +1,38 @@
+"""What every benchmark here shares: percentiles and waiting with a deadline.
+
+Benchmarks run as scripts (`python bench/NAME.py`), so this is imported as `benchlib`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank p-th percentile of `values` (p in 0..100)."""
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """Poll `check` until it returns something truthy; exit the bench after `timeout`.
+
+    interval=0 polls flat out, for latency benches whose clock is the poll itself.
+    OSError counts as "not up yet".
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except OSError as exc:
+            last = exc
+        if interval:
+            time.sleep(interval)
+    raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}"
+                     + (f" (last error: {last!r})" if last else ""))
