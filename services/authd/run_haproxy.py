@@ -16,10 +16,11 @@ from pathlib import Path
 
 from lthn import logs
 from lthn.config import Config
-from lthn.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_argument, load_config_or_exit
+from lthn.daemon import EXIT_CONFIG, EXIT_FAILED, config_argument, load_config_or_exit
 from lthn.ledger import Ledger, LedgerError
 from lthn.tls import CertificateError, ensure_certificates
 from services.authd import haproxy_config
+from services.authd.foreground import check_then_exec
 from services.authd.map_sync import map_file_text
 
 HAPROXY = "haproxy"
@@ -83,18 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, LedgerError, CertificateError) as exc:
         print(f"Error: cannot prepare haproxy: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    ok, output = check(path)
-    if not ok:
-        print(f"Error: {path}: haproxy refuses the generated config:\n{output}",
-              file=sys.stderr)
-        return EXIT_FAILED
-    if args.test:
-        print(f"{path}: configuration is valid")
-        return EXIT_OK
-    sys.stdout.flush()
-    # become haproxy, so supervisord's signals and exit status are haproxy's own
-    os.execvp(HAPROXY, [HAPROXY, "-db", "-f", str(path)])
-    return EXIT_FAILED  # not reached
+    return check_then_exec("haproxy", path, check, [HAPROXY, "-db", "-f", str(path)],
+                           args.test)
 
 
 if __name__ == "__main__":

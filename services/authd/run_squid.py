@@ -16,6 +16,7 @@ from lthn import logs
 from lthn.config import Config
 from lthn.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_argument, load_config_or_exit
 from services.authd import squid_config
+from services.authd.foreground import check_then_exec
 
 log = logging.getLogger(__name__)
 SQUID = "squid"
@@ -93,17 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"Error: cannot prepare squid: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    ok, output = check(path)
-    if not ok:
-        print(f"Error: {path}: squid refuses the generated config:\n{output}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.test:
-        print(f"{path}: configuration is valid")
-        return EXIT_OK
-    sys.stdout.flush()
     # no disk cache, so no `squid -z`; -d 1 sends squid's log to stderr for supervisord
-    os.execvp(SQUID, [SQUID, "-N", "-d", "1", "-f", str(path)])
-    return EXIT_FAILED  # not reached
+    return check_then_exec("squid", path, check, [SQUID, "-N", "-d", "1", "-f", str(path)],
+                           args.test)
 
 
 if __name__ == "__main__":
