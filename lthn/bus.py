@@ -83,6 +83,25 @@ def decode(frames: list[bytes], max_bytes: int) -> Envelope:
     return Envelope(msg, sender, seq, float(ts))
 
 
+def connect_and_wait(sock: zmq.Socket, endpoint: str, timeout: float) -> bool:
+    """Connect and wait (bounded) for the handshake with the forwarder, plus a moment for
+    the subscription that travels right behind it (zmq applies it within microseconds;
+    20 ms is a wide margin). False when the forwarder did not answer in time: the socket
+    stays connecting and catches up by itself."""
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        sock.connect(endpoint)
+        if not monitor.poll(int(timeout * 1000)):
+            log.warning("bus: %s not reachable yet; going on without it", endpoint)
+            return False
+        monitor.recv_multipart()
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+    time.sleep(0.02)
+    return True
+
+
 class Publisher:
     """Publishes catalogue messages with a per-sender sequence number."""
 
@@ -93,30 +112,11 @@ class Publisher:
         self.socket = ctx.socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.setsockopt(zmq.SNDHWM, 100_000)
-        self.connected = self._connect(endpoint, connect_timeout)
+        # a PUB socket drops what it sends before it knows of a subscriber; the forwarder
+        # subscribes to everything the moment a publisher connects, so once connected a
+        # daemon's first messages are not lost
+        self.connected = connect_and_wait(self.socket, endpoint, connect_timeout)
         self.seq = itertools.count(1)
-
-    def _connect(self, endpoint: str, timeout: float) -> bool:
-        """Connect and wait (bounded) until the forwarder's subscribe-all has arrived.
-
-        A PUB socket drops what it sends before it knows of a subscriber; the forwarder
-        subscribes to everything the moment a publisher connects, so once the handshake is
-        done and that subscription is read, a daemon's first messages are not lost.
-        """
-        monitor = self.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        try:
-            self.socket.connect(endpoint)
-            if not monitor.poll(int(timeout * 1000)):
-                log.warning("bus: %s not reachable yet; publishing anyway", endpoint)
-                return False
-            monitor.recv_multipart()
-        finally:
-            self.socket.disable_monitor()
-            monitor.close(0)
-        # the subscription travels right behind the handshake; zmq applies it on our next
-        # send once it has landed, which takes microseconds: 20 ms is a wide margin
-        time.sleep(0.02)
-        return True
 
     def publish(self, msg: Message) -> None:
         self.socket.send_multipart(encode(msg, self.sender, next(self.seq), time.time()))
@@ -129,7 +129,7 @@ class Subscriber:
     """Receives and checks messages; bad ones are logged and dropped, never raised."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, prefixes: list[str],
-                 max_bytes: int = 65536) -> None:
+                 max_bytes: int = 65536, connect_timeout: float = 2.0) -> None:
         ensure_ipc_dir(endpoint)
         self.max_bytes = max_bytes
         self.socket = ctx.socket(zmq.SUB)
@@ -139,7 +139,9 @@ class Subscriber:
         # lose everything queued behind it; decode() drops oversized bodies instead
         for prefix in prefixes:
             self.socket.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        self.socket.connect(endpoint)
+        # connected (subscription delivered) when this returns, so nothing published after
+        # the constructor is missed for want of a connection
+        self.connected = connect_and_wait(self.socket, endpoint, connect_timeout)
         self.dropped = 0
 
     def receive(self, timeout_ms: int | None = None) -> Envelope | None:
