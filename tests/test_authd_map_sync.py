@@ -70,11 +70,14 @@ def ledger(cfg):
     led.close()
 
 
-def activate(ledger: Ledger, cfg, authid: str) -> None:
+def activate(ledger: Ledger, cfg, *authids: str) -> None:
+    """Credit and activate every authid, in one transaction."""
+    rules = access.rules_for(cfg, cfg.services[0])
     with ledger.transaction() as tx:
-        tx.ensure_authid(authid, authid[:2])
-        tx.update_authid(authid, credit=100 * 10**12)
-        access.reevaluate(tx, tx.authid(authid), access.rules_for(cfg, cfg.services[0]), "t")
+        for authid in authids:
+            tx.ensure_authid(authid, authid[:2])
+            tx.update_authid(authid, credit=100 * 10**12)
+            access.reevaluate(tx, tx.authid(authid), rules, "t")
 
 
 def deactivate(ledger: Ledger, authid: str) -> None:
@@ -139,12 +142,7 @@ def test_a_new_haproxy_process_is_noticed_and_resynced(cfg, ledger, haproxy):
 def test_resync_of_thousands_fits_haproxys_payload_limit(cfg, ledger, haproxy):
     """One `add map` payload over 16 kB is silently dropped by haproxy: batches must not be."""
     many = [f"1A{i:014X}" for i in range(1, 2001)]
-    with ledger.transaction() as tx:
-        rules = access.rules_for(cfg, cfg.services[0])
-        for authid in many:
-            tx.ensure_authid(authid, "1A")
-            tx.update_authid(authid, credit=100 * 10**12)
-            access.reevaluate(tx, tx.authid(authid), rules, "t")
+    activate(ledger, cfg, *many)
     haproxy.start()
     sync = MapSync(haproxy.admin, haproxy.map, ledger, cfg.state / "run" / "lock")
     assert sync.resync("test") == (len(set(many) | set(ACTIVE)), 0)
@@ -155,12 +153,7 @@ def test_two_authd_processes_add_each_authid_once(cfg, ledger, haproxy):
     """numprocs=2: both see every activation at the same moment; the lock keeps one entry."""
     import threading
     many = [f"1B{i:014X}" for i in range(40)]
-    with ledger.transaction() as tx:
-        rules = access.rules_for(cfg, cfg.services[0])
-        for authid in many:
-            tx.ensure_authid(authid, "1B")
-            tx.update_authid(authid, credit=100 * 10**12)
-            access.reevaluate(tx, tx.authid(authid), rules, "t")
+    activate(ledger, cfg, *many)
     haproxy.start()
     go = threading.Barrier(2)
     failures: list[BaseException] = []

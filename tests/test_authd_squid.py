@@ -15,7 +15,7 @@ import pytest
 
 from lthn.config import parse
 from services.authd import squid_config
-from tests.fixtures.common import free_port, wait_for
+from tests.fixtures.common import free_port, read_head, wait_for
 from tests.fixtures.proxy import TcpListener
 
 
@@ -51,12 +51,7 @@ def start_squid(state: Path, hosts: Path, exception_port: int, own_page: bool
 def ask(port: int, request: str) -> tuple[int, str]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request.encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = read_head(sock)
     head = data.split(b"\r\n\r\n")[0].decode("iso-8859-1").split("\r\n")
     error = next((h.split(":", 1)[1].strip() for h in head
                   if h.lower().startswith("x-squid-error:")), "")
