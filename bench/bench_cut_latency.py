@@ -43,7 +43,7 @@ from lthn.ports import free_port_pair  # noqa: E402
 from services.sessiond.haproxy_answers import parse_sessions  # noqa: E402
 from tests.fixtures.mini_proxy import ConnectOrigin, MiniHaproxy, open_tunnel  # noqa: E402
 
-BUSD = "import sys; from lthn.busd import main; sys.exit(main(sys.argv[1:]))"
+BUSD = "import sys; from services.busd.main import main; sys.exit(main(sys.argv[1:]))"
 PER_SECOND = 1000            # cost 0.0006 coin/min at 10^8 atomic units per coin
 
 

@@ -1,6 +1,6 @@
 """Payment latency: from the wallet first listing a transfer to payment.credited on the bus.
 
-Runs a real regtest chain (lthn.regtest), a real lthn-busd and lthn-paymentd, pays N
+Runs a real regtest chain (lthn.demo.regtest), a real lthn-busd and lthn-paymentd, pays N
 authids one after another, and for each one polls the provider wallet itself until the
 transfer is listed (t0), then waits for its payment.credited message (t1). Prints p50/p99
 of t1 - t0 beside paymentd's poll interval, and a ratio against a baseline measured in
@@ -30,11 +30,11 @@ from benchlib import percentile, wait
 
 from lthn import config as config_mod
 from lthn.bus import Subscriber
-from lthn.regtest import RegtestChain
+from lthn.demo.regtest import RegtestChain
 from services.paymentd.wallet_rpc import WalletClient
 
 REPO = Path(__file__).resolve().parents[1]
-BUSD = "import sys; from lthn.busd import main; sys.exit(main(sys.argv[1:]))"
+BUSD = "import sys; from services.busd.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def spawn(args: list[str], log: Path, config: Path) -> subprocess.Popen:

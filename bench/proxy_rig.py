@@ -2,7 +2,7 @@
 
 `ProxyRig` writes a node config (tests/fixtures/node.py's defaults on loopback, the origin
 as an `allow_destinations` exception) and starts the node's own programs `lthn-haproxy`
-and `lthn-squid` (services.authd.run_haproxy / run_squid: they render haproxy.cfg and
+and `lthn-squid` (services.proxy.run_haproxy / run_squid: they render haproxy.cfg and
 squid.conf from that config, then exec the real binaries). Authids are made active the
 way a node does it: ACTIVE rows in the ledger, then authd's `MapSync.resync` writes them
 into haproxy's runtime map over the admin socket in batches that fit haproxy's CLI
@@ -33,10 +33,10 @@ from benchlib import wait  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
 from lthn.access import State  # noqa: E402
-from lthn.haproxy_runtime import HaproxyAdmin  # noqa: E402
+from lthn.haproxy.runtime import HaproxyAdmin  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
-from services.authd.haproxy_config import authid_map_path  # noqa: E402
 from services.authd.map_sync import MapSync, parse_show_map  # noqa: E402
+from services.proxy.haproxy_config import authid_map_path  # noqa: E402
 from tests.fixtures.node import default_config, merge  # noqa: E402
 from tests.fixtures.proxy import ProxyClient  # noqa: E402
 
@@ -220,9 +220,9 @@ class ProxyRig:
         self.config.state.mkdir(mode=0o700, exist_ok=True)
         (self.config.state / "log").mkdir(exist_ok=True)
         # lthn-haproxy opens (and so creates) the ledger; one program at a time
-        self._spawn("haproxy", "services.authd.run_haproxy")
+        self._spawn("haproxy", "services.proxy.run_haproxy")
         wait(lambda: "Pid:" in self.admin.command("show info"), 30, "haproxy's admin socket")
-        self._spawn("squid", "services.authd.run_squid")
+        self._spawn("squid", "services.proxy.run_squid")
         self.ledger = Ledger.open(self.config.ledger_path)
         small = self.origin.url("/small")
         wait(lambda: self.get(self.squid, small) == 200, 30, "squid fetching from the origin")

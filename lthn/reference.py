@@ -1,7 +1,9 @@
-"""Reference tables in README.md, written from the config schema and the bus catalogue.
+"""Reference tables in README.md, written from the config schema, the bus catalogue and the
+program table.
 
     python -m lthn.reference config      # the config reference (Markdown table)
     python -m lthn.reference catalogue   # every bus message type
+    python -m lthn.reference programs    # every program supervisord runs
 
 tests/test_readme.py fails when README.md's copies differ from what this prints, so the
 README cannot drift from the code.
@@ -15,6 +17,7 @@ import typing
 
 from lthn.config import Config
 from lthn.messages import CATALOGUE, field_types
+from lthn.node.programs import readme_table
 from lthn.schema import describe, type_name, walk
 
 
@@ -47,7 +50,7 @@ def catalogue_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-TABLES = {"config": config_table, "catalogue": catalogue_table}
+TABLES = {"config": config_table, "catalogue": catalogue_table, "programs": readme_table}
 
 
 def main(argv: list[str] | None = None) -> int:

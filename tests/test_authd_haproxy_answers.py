@@ -12,7 +12,7 @@ from services.authd.map_sync import (
     parse_show_info,
     parse_show_map,
 )
-from services.authd.refusals import RefusalListener
+from services.authd.refusal_events import RefusalListener
 from tests.fixtures.transcripts import blocks
 
 MAPS = blocks("haproxy_show_map.txt")

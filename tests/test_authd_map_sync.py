@@ -10,11 +10,11 @@ import pytest
 
 from lthn import access
 from lthn.config import parse
-from lthn.haproxy_runtime import HaproxyAdmin
+from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.tls import ensure_certificates
-from services.authd import haproxy_config
 from services.authd.map_sync import MapSync, parse_show_map
+from services.proxy import haproxy_config
 from tests.fixtures.common import free_port, wait_for
 
 ACTIVE = ["1A00000000000001", "1A00000000000002"]

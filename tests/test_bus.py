@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lthn.node import tool
+from lthn.node.supervision import tool
 from tests.fixtures.common import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ import yaml
 
 from lthn import config as config_mod
 from lthn.config_sample import sample
-from lthn.node import tool
-from tests.fixtures.node import available_programs
+from lthn.node.programs import PROGRAMS
+from lthn.node.supervision import tool
 
 PROVIDER = "ab" * 32
 SERVICE = {"id": "1A", "name": "Proxy", "type": "proxy", "cost": "0.001"}
@@ -111,8 +111,7 @@ def test_non_utf8_config_file(tmp_path, reader):
     assert_config_error(run(*reader[1](path)), f"Error: {path}: not UTF-8 text (byte 16)")
 
 
-DAEMONS = [f"lthn-{p}" for p in ("busd", "paymentd", "authd", "sessiond", "firewalld",
-                                  "haproxy", "squid") if p in available_programs()]
+DAEMONS = [p.script for p in PROGRAMS]
 
 
 @pytest.mark.parametrize("daemon", DAEMONS)

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from lthn.node.supervision import tool
 from tests.fixtures.common import wait_for
 
 PROVIDER = "a" * 64
@@ -27,7 +28,7 @@ def test_a_daemon_that_watches_no_socket_idles_instead_of_spinning(tmp_path):
         'wallet: {url: "http://127.0.0.1:9/json_rpc", dialect: monero, poll_interval: 5}\n')
     log = tmp_path / "paymentd.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(["lthn-paymentd", "-c", str(config)], stdout=out,
+        proc = subprocess.Popen([tool("lthn-paymentd"), "-c", str(config)], stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "paymentd: ready" in log.read_text(), timeout=15, what="ready")

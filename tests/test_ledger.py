@@ -14,7 +14,7 @@ import yaml
 
 from lthn.ledger import MIGRATIONS, Ledger, LedgerError, backup_exists, migrate, schema_version
 from lthn.messages import AuthidCharged
-from lthn.node import tool
+from lthn.node.supervision import tool
 
 LATEST = len(MIGRATIONS)
 # a stand-in for the next migration, appended after the real ones

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from lthn import config as config_mod
-from lthn import node
+from lthn.node import programs
+from lthn.node import supervision as node
 
 STATUS = """\
 authd:authd_0                    RUNNING   pid 4711, uptime 0:00:05
@@ -54,7 +55,7 @@ def test_environment_sets_every_variable_supervisord_conf_reads(tmp_path):
     assert env["PATH"] == str(Path(sys.executable).parent) + os.pathsep + "/usr/bin"
     text = node.supervisord_conf().read_text()
     for name in ("LTHN_CONFIG", "LTHN_STATE_DIR", "LTHN_AUTHD_PROCS",
-                 *(f"LTHN_START_{p.upper()}" for p in node.PROGRAMS)):
+                 *(f"LTHN_START_{p.upper()}" for p in programs.NAMES)):
         assert f"%(ENV_{name})s" in text
         assert name in env
     assert node.check_environment(env) is None
@@ -73,5 +74,21 @@ def test_supervisord_conf_override(tmp_path, monkeypatch):
     monkeypatch.setenv("LTHN_SUPERVISORD_CONF", str(conf))
     assert node.supervisord_conf() == conf
     monkeypatch.delenv("LTHN_SUPERVISORD_CONF")
-    assert node.supervisord_conf() == Path(node.__file__).resolve().parent.parent / \
+    assert node.supervisord_conf() == Path(node.__file__).resolve().parents[2] / \
         "supervisord.conf"
+
+
+def test_supervisord_conf_is_rendered_from_the_program_table():
+    """One table of programs (lthn/node/programs.py); the checked-in file is its rendering."""
+    conf = Path(node.__file__).resolve().parents[2] / "supervisord.conf"
+    assert conf.read_text() == programs.render_supervisord_conf(), \
+        "supervisord.conf is stale: run `python -m lthn.node.programs > supervisord.conf`"
+
+
+def test_every_program_has_its_console_script():
+    import importlib
+    import shutil
+    for program in programs.PROGRAMS:
+        assert callable(importlib.import_module(program.module).main), program.module
+        assert Path(node.tool(program.script)).is_file() or shutil.which(program.script), \
+            program.script

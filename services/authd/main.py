@@ -15,13 +15,13 @@ import zmq
 from lthn.bus import Envelope
 from lthn.config import Config
 from lthn.daemon import Daemon, run_daemon
-from lthn.haproxy_runtime import HaproxyAdmin
+from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.messages import AuthidActivated, AuthidDeactivated, ControlResync
-from services.authd.haproxy_config import authid_map_path
 from services.authd.map_sync import MapSync
-from services.authd.refusals import RefusalListener
+from services.authd.refusal_events import RefusalListener
 from services.authd.status_answer import StatusAnswerer
+from services.proxy.haproxy_config import authid_map_path
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lthn.access import State
 from lthn.authid import AuthidError, parse_authid, short
-from lthn.haproxy_runtime import HaproxyAdmin, HaproxyUnavailable
+from lthn.haproxy.runtime import HaproxyAdmin, HaproxyUnavailable
 from lthn.ledger import Ledger
 
 log = logging.getLogger(__name__)

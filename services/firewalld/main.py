@@ -22,7 +22,7 @@ import time
 from lthn.bus import Envelope
 from lthn.daemon import Daemon, run_daemon
 from lthn.messages import AccessRefused
-from services.firewalld.refusals import RefusalCounter
+from services.firewalld.refusal_counter import RefusalCounter
 
 log = logging.getLogger(__name__)
 

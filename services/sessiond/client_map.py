@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lthn import haproxy_log
+from lthn.haproxy import request_log as haproxy_log
 from services.sessiond.haproxy_answers import normalise_address
 
 log = logging.getLogger(__name__)

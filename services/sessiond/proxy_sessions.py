@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from lthn.haproxy_runtime import HaproxyAdmin
+from lthn.haproxy.runtime import HaproxyAdmin
 from services.sessiond.client_map import ClientMap, drain, open_log_socket
 from services.sessiond.haproxy_answers import AnswerError, TableEntry, parse_sessions, parse_table
 from services.sessiond.session_book import Observed

@@ -19,7 +19,7 @@ from lthn.authid import short
 from lthn.bus import Envelope
 from lthn.config import Config
 from lthn.daemon import Daemon
-from lthn.haproxy_runtime import HaproxyAdmin
+from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated, ControlResync, SessionCut
 from services.sessiond import charging

@@ -24,22 +24,16 @@ import yaml
 
 from lthn import access
 from lthn import config as config_mod
-from lthn.haproxy_runtime import HaproxyAdmin
+from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
-from lthn.node import PROGRAMS, tool
+from lthn.node.programs import NAMES as PROGRAMS
+from lthn.node.supervision import tool
 from tests.fixtures.common import wait_for
-from tests.fixtures.node import Node, alive, available_programs, missing_programs
+from tests.fixtures.node import Node, alive
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMONS = ("busd", "paymentd", "authd", "sessiond", "firewalld")
 AUTHID = "1A00112233445566"
-
-
-def require(*programs: str) -> None:
-    """Skip, naming them, when programs this test needs have not landed in the tree."""
-    missing = [p for p in programs if p not in available_programs()]
-    if missing:
-        pytest.skip(f"not in this tree yet: {', '.join(missing)}")
 
 
 def activate(node: Node, authids: list[str], amount: int = 2 * 10**10) -> None:
@@ -83,8 +77,6 @@ def holds_for(check, seconds: float, what: str) -> None:
 
 def test_issue_2_whole_suite_runs_under_supervisord(run_node):
     """Every program of supervisord.conf RUNNING; private state dir; a log per program."""
-    if missing_programs():
-        pytest.skip(f"not in this tree yet: {', '.join(missing_programs())}")
     node = run_node()
     result = node.ctl("status")
     assert result.returncode == 0, result.stdout
@@ -111,7 +103,6 @@ def test_issue_2_left_out_programs_stay_stopped(run_node):
 
 
 def test_issue_2_stop_and_start_authd(run_node):
-    require("busd", "authd")
     node = run_node()
     before = node.pid("authd")
     result = node.ctl("stop", "authd")
@@ -133,7 +124,6 @@ def test_issue_2_stop_and_start_authd(run_node):
 
 @pytest.mark.parametrize("daemon", DAEMONS)
 def test_issue_2_sigkilled_daemon_is_back_with_its_ledger_intact(run_node, daemon):
-    require(daemon)
     node = run_node({"firewall": {"refusal_threshold": 1}})
     activate(node, [AUTHID])
     before = ledger_snapshot(node)
@@ -164,8 +154,8 @@ def test_issue_2_sigkilled_daemon_is_back_with_its_ledger_intact(run_node, daemo
 
 
 def map_counts(node: Node) -> Counter[str]:
-    from services.authd.haproxy_config import authid_map_path
     from services.authd.map_sync import parse_show_map
+    from services.proxy.haproxy_config import authid_map_path
     config = config_mod.load(node.config_path)
     admin = HaproxyAdmin(config.haproxy_admin_socket)
     return parse_show_map(admin.command(f"show map {authid_map_path(config)}"))
@@ -187,7 +177,6 @@ def curl_through(node: Node, authid: str, url: str) -> str:
 
 
 def two_authd_node(run_node) -> Node:
-    require("busd", "authd", "haproxy", "squid")
     node = run_node(programs=("busd", "authd", "firewalld", "haproxy", "squid"),
                     authd_procs=2)
     states = node.status()
@@ -251,7 +240,6 @@ def test_issue_2_two_authd_processes_publish_a_refusal_once(run_node, tmp_path):
 def test_issue_2_firewalld_reports_a_source_with_many_refusals(run_node):
     """Real refusals (haproxy -> authd -> bus) reach firewalld, which reports the source
     once it reaches the threshold, and says it bans nobody."""
-    require("busd", "authd", "firewalld", "haproxy", "squid")
     node = run_node({"firewall": {"refusal_threshold": 5, "refusal_window": 60}},
                     programs=("busd", "authd", "firewalld", "haproxy", "squid"))
     node.wait_log("firewalld", "firewalld: ready")
@@ -316,9 +304,7 @@ def printed_command(output: str, marker: str) -> list[str]:
 def test_issue_2_demo_prints_how_to_pay_and_use_the_proxy_and_both_work(tmp_path):
     """`lthn-node demo`: regtest chain + whole node; the printed pay command pays, the
     printed curl command then gets the demo origin's page; Ctrl-C stops everything."""
-    if missing_programs():
-        pytest.skip(f"not in this tree yet: {', '.join(missing_programs())}")
-    from lthn.demo import ORIGIN_PAGE
+    from lthn.demo.demo import ORIGIN_PAGE
     directory = tmp_path / "demo"
     out_path = tmp_path / "demo.out"
     with open(out_path, "wb") as out:

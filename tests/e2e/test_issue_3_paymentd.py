@@ -21,8 +21,8 @@ import zmq
 
 from lthn import config as config_mod
 from lthn.bus import Envelope, Subscriber
+from lthn.demo.regtest import RegtestChain
 from lthn.ledger import Ledger
-from lthn.regtest import RegtestChain
 from tests.fixtures.common import wait_for
 from tests.fixtures.fake_wallet import FakeWalletServer, fake_entry
 from tests.fixtures.regtest import new_authid
@@ -30,7 +30,7 @@ from tests.fixtures.regtest import new_authid
 PROVIDER_ID = "ab" * 32
 AMOUNT = 20_000_000_000          # 0.02 XMR: 20 minutes at 0.001/min
 REPO = Path(__file__).resolve().parents[2]
-BUSD = "import sys; from lthn.busd import main; sys.exit(main(sys.argv[1:]))"
+BUSD = "import sys; from services.busd.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 class PaymentNode:

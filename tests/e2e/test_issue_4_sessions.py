@@ -42,7 +42,7 @@ from tests.fixtures.mini_proxy import (
     request_status,
 )
 
-BUSD = "import sys; from lthn.busd import main; sys.exit(main(sys.argv[1:]))"
+BUSD = "import sys; from services.busd.main import main; sys.exit(main(sys.argv[1:]))"
 AUTHID = "1A00112233445566"
 # 0.0006 coin/min = 60000 atomic units per minute = 1000 per second
 COST = "0.0006"

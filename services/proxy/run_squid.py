@@ -15,8 +15,8 @@ from pathlib import Path
 from lthn import logs
 from lthn.config import Config
 from lthn.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_argument, load_config_or_exit
-from services.authd import squid_config
-from services.authd.foreground import check_then_exec
+from services.proxy import squid_config
+from services.proxy.foreground import check_then_exec
 
 log = logging.getLogger(__name__)
 SQUID = "squid"

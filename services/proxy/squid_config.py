@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lthn.config import Config
-from services.authd import destinations
+from services.proxy import destinations
 
 DENY_PAGE = "ERR_LTHN_DENY_DESTINATION"
 SYSTEM_TEMPLATES = Path("/usr/share/squid/errors/templates")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lthn.commands.exits import EXIT_OK
 from lthn.config_sample import sample
+from lthn.exits import EXIT_OK
 
 NAME = "config sample"
 NEEDS_CONFIG = False

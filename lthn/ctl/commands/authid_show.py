@@ -9,7 +9,7 @@ import sys
 
 from lthn import config as config_mod
 from lthn.authid import AuthidError, parse_authid
-from lthn.commands.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from lthn.ledger import Ledger
 from lthn.schema import ConfigError
 

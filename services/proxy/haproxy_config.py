@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lthn.config import Config
-from services.authd import destinations
+from services.proxy import destinations
 
 STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
                     "PATCH")

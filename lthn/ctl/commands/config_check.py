@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from lthn import config as config_mod
-from lthn.commands.exits import EXIT_CONFIG, EXIT_OK
+from lthn.exits import EXIT_CONFIG, EXIT_OK
 from lthn.schema import ConfigError
 
 NAME = "config check"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.firewalld.refusals import RefusalCounter
+from services.firewalld.refusal_counter import RefusalCounter
 
 
 def test_crossing_the_threshold_is_reported_once():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lthn.commands import COMMANDS
+from lthn.ctl.commands import COMMANDS
 from lthn.daemon import DEFAULT_CONFIG
 
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from lthn.commands import authid_show, config_check, config_sample
+from lthn.ctl.commands import authid_show, config_check, config_sample
 
 COMMANDS = [config_check, config_sample, authid_show]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lthn.config import parse
-from services.authd import squid_config
+from services.proxy import squid_config
 from tests.fixtures.common import free_port, read_head, wait_for
 from tests.fixtures.proxy import TcpListener
 

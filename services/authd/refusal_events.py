@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import socket
 
-from lthn import haproxy_log
 from lthn.authid import short
+from lthn.haproxy import request_log as haproxy_log
 from lthn.messages import AccessRefused
 
 log = logging.getLogger(__name__)

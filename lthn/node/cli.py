@@ -16,72 +16,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from lthn.commands.exits import EXIT_CONFIG, EXIT_FAILED
 from lthn.config import Config
 from lthn.daemon import DEFAULT_CONFIG, load_config_or_exit
+from lthn.demo import demo
+from lthn.exits import EXIT_CONFIG, EXIT_FAILED
 from lthn.ledger import Ledger, LedgerError
-
-# every program in supervisord.conf, in start order; authd may run as several processes
-PROGRAMS = ("busd", "paymentd", "authd", "sessiond", "firewalld", "squid", "haproxy")
-CONF_NAME = "supervisord.conf"
-SHARE_DIR = Path("share") / "lthn-exit-node"
-
-
-def supervisord_conf() -> Path:
-    """supervisord.conf: $LTHN_SUPERVISORD_CONF, the source tree's, or the installed copy."""
-    override = os.environ.get("LTHN_SUPERVISORD_CONF")
-    candidates = [Path(override)] if override else []
-    candidates += [Path(__file__).resolve().parent.parent / CONF_NAME,  # source or editable
-                   Path(sys.prefix) / SHARE_DIR / CONF_NAME]           # pip install .
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError("supervisord.conf not found (looked in "
-                            + ", ".join(str(p) for p in candidates) + ")")
-
-
-def tool(name: str) -> str:
-    """A program installed beside this Python (a venv's bin/) first, then from PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which(name) or name
-
-
-def environment(config: Config, config_path: str, without: tuple[str, ...] = (),
-                base: dict[str, str] | None = None) -> dict[str, str]:
-    """The variables supervisord.conf reads, on top of `base` (default: os.environ)."""
-    env = dict(os.environ if base is None else base)
-    env["LTHN_CONFIG"] = str(Path(config_path).absolute())
-    env["LTHN_STATE_DIR"] = str(config.state)
-    env.setdefault("LTHN_AUTHD_PROCS", "1")
-    for program in PROGRAMS:
-        env.setdefault(f"LTHN_START_{program.upper()}", "true")
-    for program in without:
-        env[f"LTHN_START_{program.upper()}"] = "false"
-    # supervisord finds lthn-busd & co. on PATH: put this Python's scripts first
-    bin_dir = str(Path(sys.executable).parent)
-    path = env.get("PATH", "")
-    if bin_dir not in path.split(os.pathsep):
-        env["PATH"] = bin_dir + (os.pathsep + path if path else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def check_environment(env: dict[str, str]) -> str | None:
-    """What is wrong with the variables the operator may set, or None."""
-    procs = env.get("LTHN_AUTHD_PROCS", "1")
-    if not procs.isdigit() or not 1 <= int(procs) <= 64:
-        return f'LTHN_AUTHD_PROCS: must be a whole number from 1 to 64 (got "{procs}")'
-    for program in PROGRAMS:
-        value = env.get(f"LTHN_START_{program.upper()}", "true")
-        if value not in ("true", "false"):
-            return f'LTHN_START_{program.upper()}: must be true or false (got "{value}")'
-    return None
+from lthn.node.programs import NAMES
+from lthn.node.supervision import (
+    check_environment,
+    ctl_arguments,
+    environment,
+    supervisord_conf,
+    tool,
+)
 
 
 def prepare_state(config: Config) -> None:
@@ -105,27 +55,6 @@ def ensure_tls(config: Config) -> str | None:
     except (CertificateError, OSError) as exc:
         return f"{config.state / 'tls'}: cannot make the certificates: {exc}"
     return None
-
-
-def parse_status(text: str) -> dict[str, str]:
-    """`supervisorctl status` output -> {process name: state}, e.g. {"authd:authd_0": "RUNNING"}."""
-    states = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isupper() and parts[1].isalpha():
-            states[parts[0]] = parts[1]
-    return states
-
-
-def process_names(programs: tuple[str, ...], authd_procs: int = 1) -> list[str]:
-    """The names `supervisorctl status` shows for these programs."""
-    names = []
-    for program in programs:
-        if program == "authd":
-            names += [f"authd:authd_{i}" for i in range(authd_procs)]
-        else:
-            names.append(program)
-    return names
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -158,25 +87,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED  # not reached: exec replaced this process
 
 
-# authd runs as a group of processes (authd:authd_0, ...): plain supervisorctl reads
-# `stop authd` as the process authd of group authd, which does not exist
-GROUPS = ("authd",)
-GROUP_COMMANDS = ("start", "stop", "restart", "status", "signal", "clear")
-ONE_PROCESS_COMMANDS = ("tail", "pid", "fg")
-
-
-def ctl_arguments(args: list[str]) -> list[str]:
-    """`stop authd` -> `stop authd:*`; `tail authd` -> `tail authd:authd_0`."""
-    if not args:
-        return args
-    command, rest = args[0], args[1:]
-    if command in GROUP_COMMANDS:
-        rest = [f"{a}:*" if a in GROUPS else a for a in rest]
-    elif command in ONE_PROCESS_COMMANDS:
-        rest = [f"{a}:{a}_0" if a in GROUPS else a for a in rest]
-    return [command, *rest]
-
-
 def cmd_ctl(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     try:
@@ -193,12 +103,10 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lthn import demo
     return demo.run(Path(args.dir))
 
 
 def cmd_demo_pay(args: argparse.Namespace) -> int:
-    from lthn import demo
     return demo.pay(Path(args.dir), args.authid, args.amount)
 
 
@@ -209,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the node under supervisord (foreground)")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                      help=f"node config file (default {DEFAULT_CONFIG}, or $LTHN_CONFIG)")
-    run.add_argument("--without", action="append", default=[], choices=PROGRAMS,
+    run.add_argument("--without", action="append", default=[], choices=NAMES,
                      metavar="PROGRAM", help="do not start PROGRAM (repeatable): "
-                     + ", ".join(PROGRAMS))
+                     + ", ".join(NAMES))
     run.set_defaults(func=cmd_run)
 
     ctl = commands.add_parser("ctl", help="supervisorctl for this node (status, stop authd, ...)")
@@ -235,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
-
 
 
 if __name__ == "__main__":

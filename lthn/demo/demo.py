@@ -29,10 +29,11 @@ import requests
 import yaml
 
 from lthn.authid import AuthidError, parse_authid
-from lthn.commands.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from lthn.node import PROGRAMS, parse_status, process_names, tool
+from lthn.demo.regtest import RegtestChain, RegtestError
+from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from lthn.node.programs import NAMES
+from lthn.node.supervision import parse_status, process_names, tool
 from lthn.ports import free_port, free_port_pair
-from lthn.regtest import RegtestChain, RegtestError
 
 DEMO_FILE = "demo.json"
 SERVICE_ID = "1A"
@@ -121,7 +122,7 @@ def wait_running(proc: subprocess.Popen, config_path: Path, output: Path,
                  ports: list[int]) -> str | None:
     """Wait until every program is RUNNING and `ports` accept connections (RUNNING only
     means "up for startsecs"); returns a problem if the node dies or stalls."""
-    names = process_names(PROGRAMS)
+    names = process_names(NAMES)
     deadline = time.monotonic() + START_TIMEOUT
     states: dict[str, str] = {}
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lthn.config import parse
-from services.authd import destinations, haproxy_config, squid_config
+from services.proxy import destinations, haproxy_config, squid_config
 
 PROVIDER = "ab" * 32
 OWN = ["192.0.2.10/32", "2001:db8::10/128"]

@@ -19,9 +19,9 @@ from lthn.config import Config
 from lthn.daemon import EXIT_CONFIG, EXIT_FAILED, config_argument, load_config_or_exit
 from lthn.ledger import Ledger, LedgerError
 from lthn.tls import CertificateError, ensure_certificates
-from services.authd import haproxy_config
-from services.authd.foreground import check_then_exec
 from services.authd.map_sync import map_file_text
+from services.proxy import haproxy_config
+from services.proxy.foreground import check_then_exec
 
 HAPROXY = "haproxy"
 
