@@ -33,10 +33,10 @@ from benchlib import wait  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
 from lthn.access import State  # noqa: E402
+from lthn.haproxy.contract import authid_map_path  # noqa: E402
 from lthn.haproxy.runtime import HaproxyAdmin  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
 from services.authd.map_sync import MapSync, parse_show_map  # noqa: E402
-from services.proxy.haproxy_config import authid_map_path  # noqa: E402
 from tests.fixtures.node import default_config, merge  # noqa: E402
 from tests.fixtures.proxy import ProxyClient  # noqa: E402
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from lthn.haproxy import contract as haproxy_contract
 from lthn.schema import ConfigError, Parser, setting
 
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -239,7 +240,7 @@ class Config:
 
     @property
     def haproxy_admin_socket(self) -> Path:
-        return self.state / "run" / "haproxy-admin.sock"
+        return haproxy_contract.admin_socket_path(self)
 
     @property
     def certificate_path(self) -> Path:

@@ -20,20 +20,14 @@ from typing import Any
 
 import zmq
 
-from lthn import config as config_mod
-from lthn import logs
 from lthn.bus import Envelope, Publisher, Subscriber
+from lthn.cli_args import parse_with_config
 from lthn.config import Config
+from lthn.exits import EXIT_FAILED, EXIT_OK
 from lthn.ledger import Ledger, LedgerError
 from lthn.messages import Message, NodeHeartbeat
-from lthn.schema import ConfigError
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-DEFAULT_CONFIG = os.environ.get("LTHN_CONFIG", "/etc/lthn/node.yaml")
 
 
 class Timers:
@@ -188,29 +182,9 @@ class Daemon:
         return EXIT_OK
 
 
-def config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                        help=f"node config file (default {DEFAULT_CONFIG}, or $LTHN_CONFIG)")
-
-
-def load_config_or_exit(path: str) -> Config:
-    """Load the config; on a mistake print `Error: ...` to stderr and exit 2."""
-    try:
-        return config_mod.load(path)
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        print("(run `lthnctl -c FILE config check` to check a config without starting)",
-              file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-
-
 def run_daemon(cls: Callable[[Config, zmq.Context, Ledger], Daemon],
                argv: list[str] | None = None, description: str = "") -> int:
-    parser = argparse.ArgumentParser(description=description)
-    config_argument(parser)
-    args = parser.parse_args(argv)
-    config = load_config_or_exit(args.config)
-    logs.setup(config.log_level)
+    _, config = parse_with_config(argparse.ArgumentParser(description=description), argv)
     try:
         ledger = Ledger.open(config.ledger_path)
     except LedgerError as exc:

@@ -1,9 +1,10 @@
-"""Reference tables in README.md, written from the config schema, the bus catalogue and the
-program table.
+"""Reference tables in README.md, written from the config schema, the bus catalogue, the
+program table and the refusal catalogue.
 
     python -m lthn.reference config      # the config reference (Markdown table)
     python -m lthn.reference catalogue   # every bus message type
     python -m lthn.reference programs    # every program supervisord runs
+    python -m lthn.reference refusals    # every X-LTHN-Status code a client may get
 
 tests/test_readme.py fails when README.md's copies differ from what this prints, so the
 README cannot drift from the code.
@@ -18,6 +19,7 @@ import typing
 from lthn.config import Config
 from lthn.messages import CATALOGUE, field_types
 from lthn.node.programs import readme_table
+from lthn.refusals import reference_table as refusals_table
 from lthn.schema import describe, type_name, walk
 
 
@@ -50,7 +52,8 @@ def catalogue_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-TABLES = {"config": config_table, "catalogue": catalogue_table, "programs": readme_table}
+TABLES = {"config": config_table, "catalogue": catalogue_table, "programs": readme_table,
+          "refusals": refusals_table}
 
 
 def main(argv: list[str] | None = None) -> int:

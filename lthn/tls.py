@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from lthn.files import write_atomically
+
 CA_DAYS = 3650
 CERT_DAYS = 3650
 SUBJECT_CA = "/CN=Lethean exit node CA"
@@ -66,10 +68,8 @@ def ensure_certificates(directory: str | os.PathLike) -> CertificatePaths:
             _make_server_certificate(p)
             p.haproxy_pem.unlink(missing_ok=True)
         if not p.haproxy_pem.exists():
-            text = p.cert.read_text() + p.ca_cert.read_text() + p.key.read_text()
-            tmp = p.haproxy_pem.with_suffix(".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, p.haproxy_pem)
+            write_atomically(p.haproxy_pem,
+                             p.cert.read_text() + p.ca_cert.read_text() + p.key.read_text())
     finally:
         os.umask(old_umask)
     return p

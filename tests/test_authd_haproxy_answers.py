@@ -62,9 +62,9 @@ def free_udp_port():
 def test_request_log_datagram_to_refusal(listener, title, expected, datagram):
     refusal = listener.refusal(datagram.rstrip("\n").encode() + b"\n", "127.0.0.1:1")
     if expected == "error":
-        assert refusal is None and listener.bad == 1
+        assert refusal is None and listener.log.bad == 1
     elif expected is None:
-        assert refusal is None and listener.bad == 0
+        assert refusal is None and listener.log.bad == 0
     else:
         assert refusal is not None
         assert {k: getattr(refusal, k) for k in expected} == expected
@@ -74,16 +74,16 @@ def test_request_log_datagram_to_refusal(listener, title, expected, datagram):
 def test_refusal_listener_drains_real_datagrams_and_survives_garbage(listener):
     import socket
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    port = listener.socket.getsockname()[1]
+    port = listener.log.socket.getsockname()[1]
     refused = next(d for _, e, d in DATAGRAMS if isinstance(e, dict))
     for data in (b"\xff\xfe garbage", b"", refused.encode(), b"LTHN1 only three"):
         sender.sendto(data, ("127.0.0.1", port))
     sender.close()
     got = []
     from tests.fixtures.common import wait_for
-    wait_for(lambda: got.extend(listener.drain()) or listener.bad >= 3, timeout=5,
+    wait_for(lambda: got.extend(listener.drain()) or listener.log.bad >= 3, timeout=5,
              what="all four datagrams read")
-    assert len(got) == 1 and listener.bad == 3
+    assert len(got) == 1 and listener.log.bad == 3
 
 
 def test_map_file_is_upper_case_key_and_service():

@@ -10,6 +10,7 @@ import pytest
 
 from lthn import access
 from lthn.config import parse
+from lthn.haproxy.contract import authid_map_path
 from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.tls import ensure_certificates
@@ -27,7 +28,7 @@ class Haproxy:
         self.cfg = cfg
         self.proc: subprocess.Popen | None = None
         self.admin = HaproxyAdmin(cfg.haproxy_admin_socket, timeout=2)
-        self.map = haproxy_config.authid_map_path(cfg)
+        self.map = authid_map_path(cfg)
 
     def start(self, map_text: str = "") -> Haproxy:
         self.map.write_text(map_text)

@@ -11,6 +11,7 @@ import pytest
 from lthn import access
 from lthn.config import parse
 from lthn.ledger import Ledger
+from lthn.refusals import Refusal
 from services.authd.status_answer import StatusAnswerer, answer, authid_from
 from tests.fixtures.common import free_port, wait_for
 
@@ -81,6 +82,8 @@ def test_active_authid_gets_200_and_lethean_keys_with_exact_integers(cfg, ledger
 def test_refusals_and_legacy_headers(cfg, ledger, pairs, status, reason):
     result = answer(cfg, ledger, headers(*pairs))
     assert (result.status, result.reason) == (status, reason)
+    refusal = Refusal.of(reason)
+    assert reason == "OK" or (refusal is not None and result.body == refusal.body)
 
 
 def test_authid_from_header_values():
@@ -116,7 +119,34 @@ def test_answerer_answers_at_once_over_http(cfg, ledger):
 
 
 def test_two_answerers_share_the_port(cfg, ledger):
-    """supervisord numprocs > 1: every authd binds the same status port (SO_REUSEPORT)."""
-    first, second = StatusAnswerer(cfg), StatusAnswerer(cfg)
-    first.stop()
-    second.stop()
+    """supervisord numprocs > 1: every authd binds the same status port (SO_REUSEPORT) and
+    the kernel spreads connections over them, so both answer; one left alone answers all."""
+    answerers = [StatusAnswerer(cfg), StatusAnswerer(cfg)]   # without SO_REUSEPORT: EADDRINUSE
+    served: dict[int, int] = {}
+    for number, answerer in enumerate(answerers):
+        def counting(request, address, _finish=answerer.server.finish_request, _n=number):
+            served[_n] = served.get(_n, 0) + 1
+            _finish(request, address)
+        answerer.server.finish_request = counting   # which server took the connection
+        answerer.start()
+    try:
+        def ask() -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", cfg.proxy.status_port, timeout=5)
+            try:
+                conn.request("GET", "http://remote.lethean/status", headers={
+                    "X-LTHN-PaymentID": ACTIVE, "X-LTHN-MgmtID": PROVIDER})
+                response = conn.getresponse()
+                response.read()
+                return response.status
+            finally:
+                conn.close()
+        # each new connection has a new source port, hashed to one of the two sockets
+        wait_for(lambda: ask() == 200 and len(served) == 2, timeout=10,
+                 what="both answerers answering on the shared port")
+        answerers[0].stop()
+        before = served[1]
+        assert [ask() for _ in range(5)] == [200] * 5
+        assert served[1] == before + 5              # the one left answers every request
+    finally:
+        for answerer in answerers:
+            answerer.stop()

@@ -1,12 +1,13 @@
-"""sessiond's client map: request-log datagrams -> which client connection carries which
-authid, kept across a restart."""
+"""sessiond's client map: request-log lines -> which client connection carries which
+authid, kept across a restart; fed by the shared request-log listener."""
 
 from __future__ import annotations
 
 import socket
 
+from lthn.haproxy.request_log import RequestLog, RequestLogListener, parse
 from lthn.ports import free_port_pair
-from services.sessiond.client_map import ClientMap, drain, open_log_socket
+from services.sessiond.client_map import ClientMap
 from tests.fixtures.common import wait_for
 
 
@@ -22,22 +23,25 @@ A = "1A00112233445566"
 B = "1B00112233445566"
 
 
-def line(ip: str, port: int, authid: str = "-", reason: str = "-") -> bytes:
+def datagram(ip: str, port: int, authid: str = "-", reason: str = "-") -> bytes:
     return f"LTHN1 {ip} {port} {authid} {reason} 200 CONNECT origin.test:443\n".encode()
 
 
-def test_admitted_requests_are_learnt_refused_and_garbage_are_not():
+def line(ip: str, port: int, authid: str = "-", reason: str = "-") -> RequestLog:
+    return parse(datagram(ip, port, authid, reason))
+
+
+def test_admitted_requests_are_learnt_refused_and_bad_addresses_are_not():
     clients = ClientMap(HandClock())
     clients.learn(line("127.0.0.1", 4000, A.lower()))
     clients.learn(line("::ffff:127.0.0.1", 4001, A))          # same address, IPv4-mapped
     clients.learn(line("127.0.0.1", 4002, B, "NO_PAYMENT"))   # refused
     clients.learn(line("127.0.0.1", 4003))                    # no authid
-    clients.learn(b"\xffnot a log line")
-    clients.learn(b"LTHN1 127.0.0.1 notaport x - 200 GET /\n")
+    clients.learn(line("unix", 4004, B))                      # not an address
     assert clients.clients_of(A) == {"127.0.0.1:4000", "127.0.0.1:4001"}
     assert clients.clients_of(B) == set()
     assert clients.source_of == {A: "127.0.0.1"}
-    assert clients.bad_lines == 2
+    assert clients.bad_lines == 1
 
 
 def test_a_connection_reused_by_another_authid_belongs_to_the_last_one():
@@ -76,14 +80,31 @@ def test_saved_map_survives_a_restart_and_a_bad_file_is_ignored(tmp_path):
 
 def test_datagrams_reach_the_map_through_the_log_socket():
     port = free_port_pair()
-    sock = open_log_socket(port)
+    listener = RequestLogListener(port, "sessions")
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             for i in range(3):
-                sender.sendto(line("127.0.0.1", 5000 + i, A), ("127.0.0.1", port))
+                sender.sendto(datagram("127.0.0.1", 5000 + i, A), ("127.0.0.1", port))
+            for garbage in (b"\xffnot a log line", b"LTHN1 127.0.0.1 notaport x - 200 GET /\n"):
+                sender.sendto(garbage, ("127.0.0.1", port))
         clients = ClientMap(HandClock())
-        wait_for(lambda: drain(sock, clients) >= 0 and len(clients.clients_of(A)) == 3,
-                 timeout=2, what="three datagrams read")
+
+        def read() -> bool:
+            for request in listener.drain():
+                clients.learn(request)
+            return len(clients.clients_of(A)) == 3 and listener.bad == 2
+        wait_for(read, timeout=2, what="three request lines and two bad datagrams read")
         assert clients.clients_of(A) == {f"127.0.0.1:{5000 + i}" for i in range(3)}
     finally:
-        sock.close()
+        listener.close()
+
+
+def test_a_restarted_listener_binds_while_the_old_socket_lingers():
+    """SO_REUSEPORT: a second listener on the same port (a restarted sessiond) binds."""
+    port = free_port_pair()
+    first = RequestLogListener(port, "sessions")
+    try:
+        second = RequestLogListener(port, "sessions")
+        second.close()
+    finally:
+        first.close()

@@ -150,7 +150,7 @@ class LiveAdapter:
     def __init__(self) -> None:
         self.clients = ClientMap()
         self.cuts: list[set[str]] = []
-        self.sock = "listening"
+        self.request_log = "listening"
 
     def poll(self) -> dict:
         return {AUTHID: Observed(AUTHID, AUTHID, "127.0.0.1", 0, 0)}
@@ -208,13 +208,13 @@ def test_request_log_port_taken_is_an_error_line_not_a_crash(daemon_factory, cap
         daemon.tick()
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1 and "proxy.log_port" in errors[0].getMessage()
-        assert daemon.adapter.sock is None
+        assert daemon.adapter.request_log is None
         assert daemon.ledger.authid(AUTHID).charged_ms == 1000   # charging goes on
     finally:
         squatter.close()
     wall.now = T0 + 2
     daemon.tick()
-    assert daemon.adapter.sock is not None
+    assert daemon.adapter.request_log is not None
     daemon.stop()
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lthn.cli_args import config_argument
 from lthn.ctl.commands import COMMANDS
-from lthn.daemon import DEFAULT_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lthnctl", description="Operate a Lethean exit node.")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                        help=f"node config file (default {DEFAULT_CONFIG}, or $LTHN_CONFIG)")
+    config_argument(parser)
     groups = parser.add_subparsers(dest="group", metavar="COMMAND")
     subgroups: dict[str, argparse._SubParsersAction] = {}
     for module in COMMANDS:

@@ -10,7 +10,7 @@ import time
 import zmq
 
 from lthn.bus import Subscriber
-from lthn.daemon import config_argument, load_config_or_exit
+from lthn.cli_args import config_argument, load_config_or_exit
 from lthn.messages import CATALOGUE
 
 

@@ -19,8 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from lthn.cli_args import config_argument, load_config_or_exit
 from lthn.config import Config
-from lthn.daemon import DEFAULT_CONFIG, load_config_or_exit
 from lthn.demo import demo
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED
 from lthn.ledger import Ledger, LedgerError
@@ -115,16 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser("run", help="run the node under supervisord (foreground)")
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                     help=f"node config file (default {DEFAULT_CONFIG}, or $LTHN_CONFIG)")
+    config_argument(run)
     run.add_argument("--without", action="append", default=[], choices=NAMES,
                      metavar="PROGRAM", help="do not start PROGRAM (repeatable): "
                      + ", ".join(NAMES))
     run.set_defaults(func=cmd_run)
 
     ctl = commands.add_parser("ctl", help="supervisorctl for this node (status, stop authd, ...)")
-    ctl.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                     help=f"node config file (default {DEFAULT_CONFIG}, or $LTHN_CONFIG)")
+    config_argument(ctl)
     ctl.add_argument("args", nargs=argparse.REMAINDER, help="supervisorctl arguments")
     ctl.set_defaults(func=cmd_ctl)
 

@@ -3,7 +3,7 @@
 main(): args -> config -> ledger, bus -> AuthDaemon.run(). What it does:
 - keeps haproxy's runtime map equal to the ledger's active authids (map_sync.py);
 - answers the client status request for haproxy (status_answer.py);
-- turns haproxy's refused requests into `access.refused` events (refusals.py).
+- turns haproxy's refused requests into `access.refused` events (refusal_events.py).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import zmq
 from lthn.bus import Envelope
 from lthn.config import Config
 from lthn.daemon import Daemon, run_daemon
+from lthn.haproxy import contract
 from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.messages import AuthidActivated, AuthidDeactivated, ControlResync
 from services.authd.map_sync import MapSync
 from services.authd.refusal_events import RefusalListener
 from services.authd.status_answer import StatusAnswerer
-from services.proxy.haproxy_config import authid_map_path
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ class AuthDaemon(Daemon):
 
     def __init__(self, config: Config, ctx: zmq.Context, ledger: Ledger) -> None:
         super().__init__(config, ctx, ledger)
-        admin = HaproxyAdmin(config.haproxy_admin_socket, timeout=5.0)
-        self.map_sync = MapSync(admin, authid_map_path(config), ledger,
+        admin = HaproxyAdmin(contract.admin_socket_path(config), timeout=5.0)
+        self.map_sync = MapSync(admin, contract.authid_map_path(config), ledger,
                                 config.state / "run" / "authd-map.lock")
         self.status = StatusAnswerer(config)
-        self.refusals = RefusalListener(config.proxy.log_port)
+        self.refusals = RefusalListener(contract.refusal_log_port(config))
 
     def start(self) -> None:
         self.map_sync.check_process()  # first contact: resyncs when haproxy answers
@@ -50,7 +50,7 @@ class AuthDaemon(Daemon):
                           first=PROCESS_CHECK_SECONDS)
         self.timers.every(RESYNC_SECONDS, self.periodic_resync, first=RESYNC_SECONDS)
         log.info("authd: status answerer on 127.0.0.1:%d, refusals from udp 127.0.0.1:%d",
-                 self.config.proxy.status_port, self.config.proxy.log_port)
+                 self.config.proxy.status_port, contract.refusal_log_port(self.config))
 
     def reload(self) -> None:
         """SIGHUP: nothing to re-read; rebuild haproxy's list from the ledger at once."""

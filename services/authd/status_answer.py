@@ -3,7 +3,8 @@
 haproxy routes it here (127.0.0.1:proxy.status_port) before the paid check. What a
 deployed Lethean client reads (notes/lethean-protocol.md): 200 + JSON when the authid
 may be used, 403 `X-LTHN-Status: NO_PAYMENT` when not (yet), 503 `BAD_ID` when the
-provider id is wrong. Answered at once; the original slept a second per request.
+provider id is wrong (statuses and bodies: lthn/refusals.py). Answered at once; the
+original slept a second per request.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from lthn import credit_rules
+from lthn import credit_rules, refusals
 from lthn.access import State, rules_for
 from lthn.authid import AuthidError, parse_authid, short
 from lthn.config import Config
 from lthn.ledger import Ledger
+from lthn.refusals import OK, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class Answer:
     reason: str          # also sent as X-LTHN-Status
     body: bytes
     content_type: str = "text/plain"
+
+    @classmethod
+    def refused(cls, refusal: Refusal) -> Answer:
+        return cls(refusal.http_status, refusal.code, refusal.body)
 
 
 def authid_from(values: list[str]) -> str | None:
@@ -92,14 +98,13 @@ def answer(config: Config, ledger: Ledger, headers: Any) -> Answer:
     """headers: anything with `get_all(name)` (case-insensitive), like http.client's."""
     mgmt = [v.strip().lower() for name in MGMT_HEADERS for v in (headers.get_all(name) or [])]
     if not mgmt or any(v != config.provider.id.lower() for v in mgmt):
-        return Answer(503, "BAD_ID", b"Wrong provider id.\n")
+        return Answer.refused(Refusal.BAD_ID)
     authid = authid_from([v for name in PAYMENT_HEADERS for v in (headers.get_all(name) or [])])
-    if authid is None:
-        return Answer(403, "NO_PAYMENT", b"No valid payment header.\n")
-    doc = document(config, ledger, authid)
+    # no usable header, or an authid not paid: the same to a client, which keeps polling
+    doc = document(config, ledger, authid) if authid is not None else None
     if doc is None:
-        return Answer(403, "NO_PAYMENT", b"No active payment for this authid.\n")
-    return Answer(200, "OK", json.dumps(doc, sort_keys=True).encode() + b"\n",
+        return Answer.refused(Refusal.NO_PAYMENT)
+    return Answer(200, OK, json.dumps(doc, sort_keys=True).encode() + b"\n",
                   "application/json")
 
 
@@ -128,9 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
             result = answer(self.server.config, self.server.ledger, self.headers)
         except Exception:
             log.exception("status: failed to answer %s", self.path[:100])
-            result = Answer(503, "CONNECTION_ERROR", b"Status unavailable.\n")
+            result = Answer.refused(Refusal.CONNECTION_ERROR)
         self.send_response(result.status, result.reason)
-        self.send_header("X-LTHN-Status", result.reason)
+        self.send_header(refusals.HEADER, result.reason)
         self.send_header("Content-Type", result.content_type)
         self.send_header("Content-Length", str(len(result.body)))
         self.send_header("Cache-Control", "no-store")

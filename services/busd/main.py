@@ -8,17 +8,13 @@ import threading
 
 import zmq
 
-from lthn import logs
 from lthn.bus import run_forwarder
-from lthn.daemon import config_argument, load_config_or_exit
+from lthn.cli_args import parse_with_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the node's message bus forwarder.")
-    config_argument(parser)
-    args = parser.parse_args(argv)
-    config = load_config_or_exit(args.config)
-    logs.setup(config.log_level)
+    _, config = parse_with_config(
+        argparse.ArgumentParser(description="Run the node's message bus forwarder."), argv)
     ctx = zmq.Context()
     # zmq.proxy blocks; SIGTERM terminates the context from the main thread, which ends it
     worker = threading.Thread(target=run_forwarder, args=(

@@ -1,7 +1,8 @@
 """lthn-firewalld: counts refused requests per source address and reports heavy offenders.
 
 What it does now: subscribes to `access.refused` (published by authd for every refusal,
-with the client's real source address), keeps a per-source count of refusals in a
+with the client's real source address; what each refusal's code means for firewalld is
+its `RefusalKind` in lthn/refusals.py), keeps a per-source count of refusals in a
 sliding window (`firewall.refusal_window` seconds) and logs one line when a source
 reaches `firewall.refusal_threshold`:
 
@@ -22,6 +23,7 @@ import time
 from lthn.bus import Envelope
 from lthn.daemon import Daemon, run_daemon
 from lthn.messages import AccessRefused
+from lthn.refusals import Refusal
 from services.firewalld.refusal_counter import RefusalCounter
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,11 @@ class Firewalld(Daemon):
         if not isinstance(msg, AccessRefused):
             return
         source = msg.source or "?"
-        log.debug("source %s: refused (%s) from %s", source, msg.reason, env.sender)
+        refusal = Refusal.of(msg.reason)
+        # every refusal is counted for now; bans (issue #17) will count only the kinds
+        # that may ban (`RefusalKind.may_ban`: never NO_PAYMENT)
+        log.debug("source %s: refused (%s, %s) from %s", source, msg.reason,
+                  refusal.kind.value if refusal else "unknown code", env.sender)
         if self.refusals.add(source, self.clock()):
             log.warning("source %s: %d refusals in %g s (threshold %d); no ban applied: "
                         "bans are not implemented yet", source, self.refusals.threshold,

@@ -1,55 +1,46 @@
 """Renders haproxy.cfg from the node config: the TLS front end every proxy client talks to.
 
-What the generated config does, in rule order (docs/design.md, issues #4 and #10):
+What the generated config does, in rule order (docs/design.md, issues #4 and #10); every
+refusal answers its row of lthn/refusals.py (status, `X-LTHN-Status`, one-line body):
 1. non-standard method -> 403 BAD_METHOD;
 2. no payment header -> 403 NO_PAYMENT; several different values or not 16 hex -> 403
    BAD_AUTHID (`X-LTHN-PaymentID`, legacy `X-ITNS-PaymentID`, case-insensitive, upper-cased);
 3. the status request (host `_remote_` / `remote.lethean`, path `/status...`) -> authd;
-4. authid not in the runtime map `<state>/run/authids.map` -> 403 NO_PAYMENT;
+4. authid not in the runtime map (`contract.authid_map_path`) -> 403 NO_PAYMENT;
 5. squid-internal URLs, IP literals in denied ranges, CONNECT to other ports -> 403
    DENY_DESTINATION (squid checks again after name resolution);
-6. every X-LTHN-* / X-ITNS-* header removed, the authid tracked in `authid_sessions`,
+6. every X-LTHN-* / X-ITNS-* header removed, the authid tracked in the stick table,
    the request forwarded to squid; squid's own destination refusal becomes DENY_DESTINATION.
 Every request is logged at once (`option logasap`) as one raw datagram in the format
-`lthn/haproxy_log.py` parses, to authd (refusals) and sessiond (streams).
+lthn/haproxy/request_log.py parses, to authd (refusals) and sessiond (streams). What
+other daemons rely on (table, log format and ports, map, admin socket) is named in
+lthn/haproxy/contract.py, not here.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from lthn import refusals
 from lthn.config import Config
-from services.proxy import destinations
+from lthn.haproxy import contract
+from lthn.haproxy.contract import authid_map_path
+from lthn.refusals import Refusal
+from services.proxy import destinations, squid_config
 
 STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
                     "PATCH")
 STATUS_HOSTS = ("_remote_", "remote.lethean")
-STICK_TABLE = "authid_sessions"
-LOG_FORMAT = "LTHN1 %ci %cp %[var(txn.authid)] %[var(txn.reason)] %ST %HM %[var(txn.dest)]"
-BODIES = {
-    "BAD_METHOD": "Access denied: this method is not allowed.",
-    "NO_PAYMENT": "Access denied: no active payment for this authid.",
-    "BAD_AUTHID": "Access denied: the payment header is malformed.",
-    "DENY_DESTINATION": "Access denied: this destination is not allowed.",
-}
-
-
-def authid_map_path(config: Config) -> Path:
-    return config.state / "run" / "authids.map"
-
 
 def backend_address(config: Config) -> str:
     return f"127.0.0.1:{config.proxy.squid_port}" if config.proxy.backend == "squid" \
         else config.proxy.backend
 
 
-def _refuse(reason: str, condition: str, indent: str = "    ",
-            rule: str = "http-request") -> list[str]:
-    """Two lines: remember the reason for the log line, then answer 403 with it."""
+def _refuse(refusal: Refusal, condition: str, rule: str = "http-request") -> list[str]:
+    """Two lines: remember the reason for the log line, then answer with it."""
     return [
-        f"{indent}{rule} set-var(txn.reason) str({reason}) if {condition}",
-        f'{indent}{rule} return status 403 content-type text/plain '
-        f'string "{BODIES[reason]}\\n" hdr X-LTHN-Status {reason} if {condition}',
+        f"    {rule} set-var(txn.reason) str({refusal.code}) if {condition}",
+        f"    {rule} return status {refusal.http_status} content-type text/plain "
+        f'string "{refusal.text}\\n" hdr {refusals.HEADER} {refusal.code} if {condition}',
     ]
 
 
@@ -83,28 +74,28 @@ def _destination_rules(config: Config, own: list[str] | None) -> list[str]:
             f"if exception_{i}_host exception_{i}_port",
         ]
     lines.append("    acl excepted var(txn.excepted) -m bool")
-    lines += _refuse("DENY_DESTINATION", "squid_internal")
-    lines += _refuse("DENY_DESTINATION", "dest_denied_ip !excepted")
-    lines += _refuse("DENY_DESTINATION", "dest_numeric !dest_is_ip")
+    deny = Refusal.DENY_DESTINATION
+    lines += _refuse(deny, "squid_internal")
+    lines += _refuse(deny, "dest_denied_ip !excepted")
+    lines += _refuse(deny, "dest_numeric !dest_is_ip")
     if domains:
-        lines += _refuse("DENY_DESTINATION", "dest_denied_domain !excepted")
-    lines += _refuse("DENY_DESTINATION", "METH_CONNECT !connect_port !excepted")
+        lines += _refuse(deny, "dest_denied_domain !excepted")
+    lines += _refuse(deny, "METH_CONNECT !connect_port !excepted")
     return lines
 
 
 def render(config: Config, own_addresses: list[str] | None = None) -> str:
     """The whole haproxy.cfg. `own_addresses` defaults to the node's interface addresses."""
     p = config.proxy
-    log_target = "127.0.0.1:{port} len 4096 format raw local0"
     methods = " ".join(STANDARD_METHODS)
     lines = [
         "# Generated by lthn-haproxy from " + (config.source or "the node config")
         + "; edits are lost at the next start.",
         "global",
-        f"    stats socket {config.haproxy_admin_socket} mode 600 level admin",
+        f"    stats socket {contract.admin_socket_path(config)} mode 600 level admin",
         "    stats timeout 30s",
-        "    log " + log_target.format(port=p.log_port),
-        "    log " + log_target.format(port=p.log_port + 1),
+        *(f"    log {contract.LOG_HOST}:{port} len {contract.LOG_DATAGRAM_LEN} format raw local0"
+          for port in contract.log_ports(config)),
         "    ssl-default-bind-options ssl-min-ver TLSv1.2",
         "    # a second haproxy on the same port must fail loudly, never serve a stale map",
         "    noreuseport",
@@ -113,7 +104,7 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "    mode http",
         "    log global",
         "    option logasap",
-        f'    log-format "{LOG_FORMAT}"',
+        f'    log-format "{contract.LOG_FORMAT}"',
         "    timeout connect 10s",
         "    timeout client 60s",
         "    timeout server 60s",
@@ -142,14 +133,14 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "",
         "    # --- method (every standard method passes, HEAD included) ---",
         f"    acl standard_method method {methods}",
-        *_refuse("BAD_METHOD", "!standard_method"),
+        *_refuse(Refusal.BAD_METHOD, "!standard_method"),
         "",
         "    # --- the authid: one value, upper case, 16 hex; clients may repeat the header ---",
         "    acl has_lthn req.hdr_cnt(x-lthn-paymentid) gt 0",
         "    acl has_itns req.hdr_cnt(x-itns-paymentid) gt 0",
         "    acl many_lthn req.hdr_cnt(x-lthn-paymentid) gt 2",
         "    acl many_itns req.hdr_cnt(x-itns-paymentid) gt 2",
-        *_refuse("NO_PAYMENT", "!has_lthn !has_itns"),
+        *_refuse(Refusal.NO_PAYMENT, "!has_lthn !has_itns"),
         "    http-request set-var(txn.lthn1) req.hdr(x-lthn-paymentid,1),upper if has_lthn",
         "    http-request set-var(txn.lthn2) req.hdr(x-lthn-paymentid,-1),upper if has_lthn",
         "    http-request set-var(txn.itns1) req.hdr(x-itns-paymentid,1),upper if has_itns",
@@ -161,7 +152,7 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "    acl same_lthn2 var(txn.candidate),strcmp(txn.lthn2) eq 0",
         "    acl same_itns1 var(txn.candidate),strcmp(txn.itns1) eq 0",
         "    acl same_itns2 var(txn.candidate),strcmp(txn.itns2) eq 0",
-        *_refuse("BAD_AUTHID", "many_lthn || many_itns || !candidate_hex || "
+        *_refuse(Refusal.BAD_AUTHID, "many_lthn || many_itns || !candidate_hex || "
                  "has_lthn !same_lthn2 || has_itns !same_itns1 || has_itns !same_itns2"),
         "    http-request set-var(txn.authid) var(txn.candidate)",
         "",
@@ -172,13 +163,13 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "",
         "    # --- paid? authd keeps this runtime map equal to the ledger's active set ---",
         f"    acl paid var(txn.authid),map({authid_map_path(config)}) -m found",
-        *_refuse("NO_PAYMENT", "!paid"),
+        *_refuse(Refusal.NO_PAYMENT, "!paid"),
         "",
         *_destination_rules(config, own_addresses),
         "",
         "    # --- admitted: nothing of ours leaves the node (issue #4) ---",
         "    http-request del-header ^x-(lthn|itns)- -m reg",
-        f"    http-request track-sc0 var(txn.authid) table {STICK_TABLE}",
+        f"    http-request track-sc0 var(txn.authid) table {contract.STICK_TABLE}",
         "    use_backend lthn_status if status_host status_path",
         "    default_backend lthn_upstream",
         "",
@@ -187,15 +178,14 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "    # squid refused the destination after resolving it (see squid_config.py); every",
         "    # http_access deny there is a destination rule, so its standard page counts too",
         "    acl squid_denied_destination res.hdr(x-squid-error) -m beg "
-        "ERR_LTHN_DENY_DESTINATION ERR_ACCESS_DENIED",
-        *_refuse("DENY_DESTINATION", "squid_denied_destination", rule="http-response"),
+        f"{squid_config.DENY_PAGE} {squid_config.STANDARD_DENY_PAGE}",
+        *_refuse(Refusal.DENY_DESTINATION, "squid_denied_destination", rule="http-response"),
         "",
         "backend lthn_status",
         f"    server authd 127.0.0.1:{p.status_port}",
         "",
-        f"backend {STICK_TABLE}",
-        "    stick-table type string len 16 size 1m expire 1h "
-        "store conn_cur,bytes_in_cnt,bytes_out_cnt,http_req_cnt",
+        f"backend {contract.STICK_TABLE}",
+        f"    {contract.STICK_TABLE_DEFINITION}",
         "",
     ]
     return "\n".join(lines)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
-from lthn import logs
 from lthn.config import Config
-from lthn.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_argument, load_config_or_exit
-from services.proxy import squid_config
-from services.proxy.foreground import check_then_exec
+from lthn.exits import EXIT_OK
+from lthn.files import write_atomically
+from lthn.refusals import Refusal
+from services.proxy import foreground, squid_config
 
 log = logging.getLogger(__name__)
 SQUID = "squid"
@@ -42,13 +39,11 @@ def prepare(config: Config) -> Path:
         squid_config.prepare(config, user)
     else:
         log.warning("squid: user %s cannot enter %s; refusals use squid's standard "
-                    "ERR_ACCESS_DENIED page (haproxy still answers DENY_DESTINATION)",
-                    user, config.state)
-    text = squid_config.render(config, user=user, own_error_page=own_page)
-    tmp = sp.config.with_name(sp.config.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, sp.config)
+                    "%s page (haproxy still answers %s)", user, config.state,
+                    squid_config.STANDARD_DENY_PAGE, Refusal.DENY_DESTINATION.code)
+    # squid never reads a half-written file
+    write_atomically(sp.config, squid_config.render(config, user=user, own_error_page=own_page),
+                     mode=0o644)
     return sp.config
 
 
@@ -69,34 +64,22 @@ def _idle_until_stopped() -> None:
         pass
 
 
+PROGRAM = foreground.ForegroundProgram(
+    SQUID, prepare, check,
+    # no disk cache, so no `squid -z`; -d 1 sends squid's log to stderr for supervisord
+    command=lambda path: [SQUID, "-N", "-d", "1", "-f", str(path)],
+    config_errors=(HostsFileError,), failures=(OSError,))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Write the node's squid config, then run squid in the foreground.")
-    config_argument(parser)
-    parser.add_argument("-t", "--test", action="store_true",
-                        help="write and check the config, then exit without starting")
-    args = parser.parse_args(argv)
-    config = load_config_or_exit(args.config)
-    logs.setup(config.log_level)
+    args, config = foreground.parse(
+        "Write the node's squid config, then run squid in the foreground.", argv)
     if config.proxy.backend != "squid":
         log.info("squid: not needed, proxy.backend is %s", config.proxy.backend)
         if not args.test:
             _idle_until_stopped()
         return EXIT_OK
-    if shutil.which(SQUID) is None:
-        print("Error: squid is not installed (apt-get install squid)", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        path = prepare(config)
-    except HostsFileError as exc:
-        print(f"Error: {config.source}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as exc:
-        print(f"Error: cannot prepare squid: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    # no disk cache, so no `squid -z`; -d 1 sends squid's log to stderr for supervisord
-    return check_then_exec("squid", path, check, [SQUID, "-N", "-d", "1", "-f", str(path)],
-                           args.test)
+    return PROGRAM.run(config, args.test)
 
 
 if __name__ == "__main__":

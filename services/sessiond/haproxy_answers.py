@@ -17,7 +17,7 @@ class AnswerError(ValueError):
 
 @dataclass(frozen=True)
 class TableEntry:
-    """One stick-table entry of `authid_sessions` (counters are cumulative per entry)."""
+    """One entry of the authid stick table (counters are cumulative per entry)."""
     key: str
     conn_cur: int
     http_req_cnt: int

@@ -1,4 +1,4 @@
-"""The proxy kind's adapter: haproxy's `authid_sessions` stick table is what is live, the
+"""The proxy kind's adapter: haproxy's stick table (`contract.STICK_TABLE`) is what is live, the
 request log says which client connection carries which authid, and cutting is
 `show sess` + `shutdown session <ptr>` for each of the authid's streams (docs/design.md).
 
@@ -11,18 +11,18 @@ closes.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable
 
+from lthn.haproxy.contract import STICK_TABLE
+from lthn.haproxy.request_log import RequestLogListener
 from lthn.haproxy.runtime import HaproxyAdmin
-from services.sessiond.client_map import ClientMap, drain, open_log_socket
+from services.sessiond.client_map import ClientMap
 from services.sessiond.haproxy_answers import AnswerError, TableEntry, parse_sessions, parse_table
 from services.sessiond.session_book import Observed
 
 log = logging.getLogger(__name__)
 
-TABLE = "authid_sessions"
 KIND = "proxy"
 
 
@@ -41,21 +41,23 @@ class ProxyAdapter:
         self.clock = clock
         self.last: dict[str, TableEntry] | None = None   # previous poll, None before one
         self.shut: dict[tuple[str, str], float] = {}     # (ptr, src) -> when shut down
-        self.sock: socket.socket | None = None
+        self.request_log: RequestLogListener | None = None   # None until bound
 
     # --- request log ---
-    def open_log(self) -> socket.socket:
-        self.sock = open_log_socket(self.log_port)
-        return self.sock
+    def open_log(self) -> RequestLogListener:
+        """Listen for the request log; raises OSError (the port is taken)."""
+        self.request_log = RequestLogListener(self.log_port, "sessions")
+        return self.request_log
 
     def read_log(self) -> None:
-        if self.sock is not None:
-            drain(self.sock, self.clients)
+        if self.request_log is not None:
+            for line in self.request_log.drain():
+                self.clients.learn(line)
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        if self.request_log is not None:
+            self.request_log.close()
+            self.request_log = None
 
     # --- what is live ---
     def _ask(self, command: str) -> str:
@@ -69,9 +71,10 @@ class ProxyAdapter:
         carries its final byte counters); raises HaproxyTrouble."""
         self.read_log()  # learn the newest client connections before judging liveness
         try:
-            entries = {e.key: e for e in parse_table(self._ask(f"show table {TABLE}"), TABLE)}
+            entries = {e.key: e for e in parse_table(self._ask(f"show table {STICK_TABLE}"),
+                                                     STICK_TABLE)}
         except AnswerError as exc:
-            raise HaproxyTrouble(f"show table {TABLE}: {exc}") from exc
+            raise HaproxyTrouble(f"show table {STICK_TABLE}: {exc}") from exc
         before = self.last
         self.last = entries
         live: dict[str, Observed] = {}

@@ -19,6 +19,7 @@ from lthn.authid import short
 from lthn.bus import Envelope
 from lthn.config import Config
 from lthn.daemon import Daemon
+from lthn.haproxy import contract
 from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated, ControlResync, SessionCut
@@ -46,8 +47,8 @@ class Sessiond(Daemon):
         self.adapter: ProxyAdapter | None = None
         if self.tracking:
             self.adapter = adapter or ProxyAdapter(
-                HaproxyAdmin(config.haproxy_admin_socket, timeout=1.0),
-                config.proxy.log_port + 1)
+                HaproxyAdmin(contract.admin_socket_path(config), timeout=1.0),
+                contract.session_log_port(config))
         self.book = SessionBook("proxy", ledger.open_sessions("proxy"))
         # which client connection carries which authid, kept across a restart so streams
         # opened before it can still be cut
@@ -76,10 +77,10 @@ class Sessiond(Daemon):
         """Open the request-log socket; if the port is taken, say so and retry each tick
         (charging goes on; cutting needs the log)."""
         assert self.adapter is not None
-        if self.adapter.sock is not None:
+        if self.adapter.request_log is not None:
             return
         try:
-            sock = self.adapter.open_log()
+            listener = self.adapter.open_log()
         except OSError as exc:
             if not self.log_trouble:
                 log.error("sessiond: cannot listen for haproxy's request log on "
@@ -89,7 +90,7 @@ class Sessiond(Daemon):
             return
         self.log_trouble = False
         # by file descriptor: zmq.Poller reports plain sockets by fd
-        self.watch(sock.fileno(), self.adapter.read_log)
+        self.watch(listener.fileno(), self.adapter.read_log)
         log.info("sessiond: tracking proxy sessions (request log on 127.0.0.1:%d)",
                  self.adapter.log_port)
 
@@ -117,7 +118,7 @@ class Sessiond(Daemon):
 
     def tick(self) -> None:
         began = time.monotonic()
-        if self.adapter is not None and self.adapter.sock is None:
+        if self.adapter is not None and self.adapter.request_log is None:
             self.listen()
         live = self.observe()
         try:

@@ -154,8 +154,8 @@ def test_issue_2_sigkilled_daemon_is_back_with_its_ledger_intact(run_node, daemo
 
 
 def map_counts(node: Node) -> Counter[str]:
+    from lthn.haproxy.contract import authid_map_path
     from services.authd.map_sync import parse_show_map
-    from services.proxy.haproxy_config import authid_map_path
     config = config_mod.load(node.config_path)
     admin = HaproxyAdmin(config.haproxy_admin_socket)
     return parse_show_map(admin.command(f"show map {authid_map_path(config)}"))

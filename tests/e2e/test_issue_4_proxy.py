@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from lthn.haproxy.contract import authid_map_path
 from lthn.haproxy.runtime import HaproxyAdmin
-from services.proxy.haproxy_config import authid_map_path
 from tests.fixtures.common import wait_for
 from tests.fixtures.regtest import new_authid
 

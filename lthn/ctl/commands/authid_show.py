@@ -7,11 +7,10 @@ import dataclasses
 import json
 import sys
 
-from lthn import config as config_mod
 from lthn.authid import AuthidError, parse_authid
+from lthn.cli_args import load_config_or_exit
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from lthn.ledger import Ledger
-from lthn.schema import ConfigError
 
 NAME = "authid show"
 
@@ -22,11 +21,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_mod.load(args.config)
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    config = load_config_or_exit(args.config, hint=False)
     try:
         authid = parse_authid(args.authid)
     except AuthidError as exc:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from lthn import config as config_mod
-from lthn.exits import EXIT_CONFIG, EXIT_OK
-from lthn.schema import ConfigError
+from lthn.cli_args import load_config_or_exit
+from lthn.exits import EXIT_OK
 
 NAME = "config check"
 
@@ -17,11 +15,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_mod.load(args.config)
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    config = load_config_or_exit(args.config, hint=False)
     services = ", ".join(f"{s.key} ({s.type}, {s.cost}/min)" for s in config.services)
     print(f"{args.config}: OK; services: {services or 'none'}")
     return EXIT_OK

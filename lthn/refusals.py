@@ -1,0 +1,109 @@
+"""Every refusal the node answers, declared once (issue #13).
+
+Each row is an `X-LTHN-Status` code with its HTTP status, the one line a client reads in
+the body, and what kind of event it is for firewalld. haproxy's deny rules and bodies
+(services/proxy/haproxy_config.py), squid's error page (squid_config.py), authd's status
+answer and refusal events, and firewalld all read it; README's table is printed from it
+(`python -m lthn.reference refusals`). To add or reword a refusal, change its row here.
+
+Codes are Lethean's where Lethean has one (NO_PAYMENT, BAD_ID, OVERLIMIT; see
+notes/lethean-protocol.md): a deployed client acts on the status and the code only.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+HEADER = "X-LTHN-Status"  # the response header that carries the code
+# The code of a status answer that admits (HTTP 200): not a refusal.
+OK = "OK"
+
+
+class RefusalKind(Enum):
+    """What a refusal says about the source that caused it, for firewalld."""
+
+    NOT_PAID = "not yet paid"
+    BAD_AUTHID = "bad authid"
+    DESTINATION_PROBE = "destination probe"
+    BAD_REQUEST = "bad request"
+    OVERLIMIT = "overlimit"
+    REFUSED_SOURCE = "refused source"
+    NODE_FAULT = "node fault"
+
+    @property
+    def may_ban(self) -> bool:
+        """Can events of this kind count toward banning their source?
+
+        Never for NOT_PAID: a client waiting for its payment polls with its unpaid authid
+        for up to 30 minutes (issue #17). Never for a source already refused (it would
+        ban itself longer and longer), nor for the node's own failures.
+        """
+        return self in (RefusalKind.BAD_AUTHID, RefusalKind.DESTINATION_PROBE,
+                        RefusalKind.BAD_REQUEST, RefusalKind.OVERLIMIT)
+
+
+class Refusal(Enum):
+    """A refusal: its name is the `X-LTHN-Status` code sent with it."""
+
+    BAD_METHOD = (403, "Access denied: this method is not allowed.", RefusalKind.BAD_REQUEST,
+                  "The request's method is not a standard HTTP method.")
+    NO_PAYMENT = (403, "Access denied: no active payment for this authid.",
+                  RefusalKind.NOT_PAID,
+                  "No payment header, or its authid is not paid (yet, or any more). The "
+                  "client keeps polling the status URL until it is.")
+    BAD_AUTHID = (403, "Access denied: the payment header is malformed.",
+                  RefusalKind.BAD_AUTHID,
+                  "The payment header is not 16 hex characters, or names two different "
+                  "authids.")
+    DENY_DESTINATION = (403, "Access denied: this destination is not allowed.",
+                        RefusalKind.DESTINATION_PROBE,
+                        "The destination is the node, a private or special network, a "
+                        "denied domain or a port not allowed (haproxy checks before, squid "
+                        "after name resolution).")
+    BAD_ID = (503, "Wrong provider id.", RefusalKind.BAD_REQUEST,
+              "A status request named another provider (`X-LTHN-MgmtID`); the client "
+              "gives up.")
+    CONNECTION_ERROR = (503, "Status unavailable.", RefusalKind.NODE_FAULT,
+                        "authd failed to answer a status request; the client gives up.")
+    DENY_SRC_IP = (403, "Access denied: this source address is not allowed.",
+                   RefusalKind.REFUSED_SOURCE,
+                   "The source address is denied by the operator's lists. Not answered yet "
+                   "(issue #17).")
+    OVERLIMIT = (429, "Too many connections or requests from this address.",
+                 RefusalKind.OVERLIMIT,
+                 "The source address is over a per-source limit. Not answered yet (issue "
+                 "#17).")
+    BANNED = (403, "Access denied: this address is banned for a while.",
+              RefusalKind.REFUSED_SOURCE,
+              "The source address is banned until its ban expires. Not answered yet "
+              "(issue #17).")
+
+    def __init__(self, http_status: int, text: str, kind: RefusalKind, doc: str) -> None:
+        self.http_status = http_status
+        self.text = text       # one line, no newline; the body is this plus "\n"
+        self.kind = kind
+        self.doc = doc         # for operators: when it is answered
+
+    @property
+    def code(self) -> str:
+        """The `X-LTHN-Status` value (and the reason in haproxy's request log)."""
+        return self.name
+
+    @property
+    def body(self) -> bytes:
+        return self.text.encode() + b"\n"
+
+    @classmethod
+    def of(cls, code: str) -> Refusal | None:
+        """The refusal a code names, or None for a code this node does not use."""
+        return cls.__members__.get(code)
+
+
+def reference_table() -> str:
+    """README's table of refusals (Markdown)."""
+    rows = ["| `X-LTHN-Status` | HTTP | body | for firewalld | when |",
+            "| --- | --- | --- | --- | --- |"]
+    for r in Refusal:
+        kind = r.kind.value if r.kind.may_ban else f"{r.kind.value} (never bans)"
+        rows.append(f"| `{r.code}` | {r.http_status} | {r.text} | {kind} | {r.doc} |")
+    return "\n".join(rows) + "\n"
