@@ -93,4 +93,3 @@ class ClientMap:
         for authid in [a for a in self.source_of if a not in authids]:
             del self.source_of[authid]
         return len(gone)
-
