@@ -164,8 +164,7 @@ def main() -> int:
                 amount = 2 * PER_SECOND + (i * 37) % (4 * PER_SECOND)
                 with ledger.transaction() as tx:
                     tx.ensure_authid(authid, "1A")
-                    tx.update_authid(authid, credit=amount)
-                    access.reevaluate(tx, tx.authid(authid), rules, "bench")
+                    access.reevaluate(tx, tx.credit(authid, amount), rules, "bench")
                 haproxy.add(authid, "1A")
                 tunnels[authid] = open_tunnel(haproxy.port, authid)
                 watcher.add(tunnels[authid])

@@ -32,7 +32,6 @@ sys.path.insert(0, str(REPO))   # for tests.fixtures (not an installed package)
 from benchlib import wait  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
-from lthn.access import State  # noqa: E402
 from lthn.haproxy.contract import authid_map_path  # noqa: E402
 from lthn.haproxy.runtime import HaproxyAdmin  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
@@ -270,7 +269,7 @@ class ProxyRig:
         with self.ledger.transaction() as tx:
             for authid in fresh:
                 tx.ensure_authid(authid, SERVICE)
-                tx.update_authid(authid, state=State.ACTIVE.value)  # PENDING -> ACTIVE
+                tx.activate(authid)  # PENDING -> ACTIVE
         t1 = time.perf_counter()
         self._resync()
         t2 = time.perf_counter()
@@ -285,7 +284,7 @@ class ProxyRig:
         assert self.ledger is not None
         with self.ledger.transaction() as tx:
             for authid in self.active[total:]:
-                tx.update_authid(authid, state=State.DEPLETED.value)  # ACTIVE -> DEPLETED
+                tx.deactivate(authid)  # ACTIVE -> DEPLETED
         self.active = self.active[:total]
         answer = self.admin.command(f"clear map {authid_map_path(self.config)}")
         if answer.strip():

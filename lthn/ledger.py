@@ -8,11 +8,13 @@ transactions, never by process-local locks: `INSERT ... ON CONFLICT DO NOTHING` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from lthn.messages import CATALOGUE, Message, build
+from lthn.messages import CATALOGUE, BadMessage, Message, build, field_types
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +121,30 @@ MIGRATIONS: list[str] = [
     UPDATE spends SET period = -id;
     CREATE UNIQUE INDEX spends_authid_period ON spends (authid, period);
     """,
+    # 3: outbox rows carry their message's version, and a row this program cannot decode
+    # is kept and marked stuck (why, by which catalogue, since when) instead of being
+    # deleted unread (#13); every message queued before v3 was a version 1 message
+    """
+    ALTER TABLE outbox ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE outbox ADD COLUMN stuck TEXT;
+    ALTER TABLE outbox ADD COLUMN stuck_by TEXT;
+    ALTER TABLE outbox ADD COLUMN stuck_at REAL;
+    CREATE INDEX outbox_stuck_by ON outbox (stuck_by, id);
+    """,
 ]
 
 
 class LedgerError(Exception):
     """The ledger file cannot be used (newer schema, failed migration, unreadable)."""
+
+
+class LedgerMissing(LedgerError):
+    """There is no ledger file where the config says (a reader never creates one)."""
+
+
+class NotApplied(LedgerError):
+    """A money verb or state edge found no row to change: the authid is not in the
+    ledger, or not in the state the edge leaves. The transaction is rolled back."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +198,47 @@ class SessionRow:
     bytes_out: int
 
 
+@dataclass(frozen=True)
+class OutboxCounts:
+    queued: int    # waiting to be published
+    stuck: int     # kept unpublished: a program could not decode them (see StuckRow)
+
+
+@dataclass(frozen=True)
+class StuckRow:
+    """An outbox row kept because it could not be decoded, and why."""
+    id: int
+    topic: str
+    version: int
+    error: str
+    since: float
+
+
+def catalogue_mark(catalogue: Mapping[str, type[Message]]) -> str:
+    """A short digest of every topic's version and fields: a row stuck under one mark is
+    tried again only by a program whose catalogue differs (an upgrade), never in a loop."""
+    text = ";".join(
+        f"{topic}/{cls.version}/" + ",".join(f"{name}:{kind.__name__}"
+                                             for name, kind in field_types(cls).items())
+        for topic, cls in sorted(catalogue.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def decode_outbox_row(catalogue: Mapping[str, type[Message]], topic: str, version: int,
+                      body: bytes) -> Message:
+    """One outbox row -> its message, or BadMessage saying why it cannot be."""
+    cls = catalogue.get(topic)
+    if cls is None:
+        raise BadMessage(f"unknown topic {topic[:60]!r}")
+    if version != cls.version:
+        raise BadMessage(f"version {version}, this program knows {topic} v{cls.version}")
+    try:
+        data = msgpack.unpackb(body, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise BadMessage(f"body is not msgpack ({type(exc).__name__})") from None
+    return build(cls, data)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -185,6 +247,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open an existing ledger for reading; never creates the file (lthnctl)."""
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+    except sqlite3.Error as exc:
+        raise LedgerError(f"{path}: cannot read the ledger: {exc}") from None
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -247,14 +320,42 @@ def backup_exists(path: Path) -> bool:
 class Ledger:
     """One connection per process; open with `Ledger.open(path)`."""
 
-    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conn: sqlite3.Connection, clock: Callable[[], float] = time.time,
+                 catalogue: Mapping[str, type[Message]] = CATALOGUE) -> None:
         self.conn = conn
         self.clock = clock
+        self.catalogue = catalogue
+        self.mark = catalogue_mark(catalogue)
 
     @classmethod
-    def open(cls, path: Path, clock: Callable[[], float] = time.time) -> Ledger:
+    def open(cls, path: Path, clock: Callable[[], float] = time.time,
+             catalogue: Mapping[str, type[Message]] = CATALOGUE) -> Ledger:
         migrate(path)
-        return cls(_connect(path), clock)
+        return cls(_connect(path), clock, catalogue)
+
+    @classmethod
+    def open_existing(cls, path: Path) -> Ledger:
+        """Open for reading only: a missing ledger, or one of another schema version, is a
+        LedgerError, and nothing is created or migrated (what lthnctl reports from)."""
+        if not path.exists():
+            raise LedgerMissing(f"{path}: no ledger there (the node creates it when it "
+                                "first starts; is this the node's config?)")
+        conn = _connect_read_only(path)
+        try:
+            current = schema_version(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise LedgerError(f"{path}: cannot read the ledger: {exc}") from None
+        if current != len(MIGRATIONS):
+            conn.close()
+            if current == 0:
+                raise LedgerError(f"{path}: not a ledger yet (schema version 0)")
+            if current > len(MIGRATIONS):
+                raise LedgerError(f"{path}: schema version {current} is newer than this "
+                                  f"program knows ({len(MIGRATIONS)}); upgrade the node")
+            raise LedgerError(f"{path}: schema version {current} is older than this program "
+                              f"reads ({len(MIGRATIONS)}); start the node once to migrate it")
+        return cls(conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -306,19 +407,58 @@ class Ledger:
         return [(a, e, i, json.loads(d)) for a, e, i, d in rows]
 
     def take_outbox(self, limit: int = 1000) -> list[Message]:
-        """Claim queued messages (deleted as they are taken) for publishing."""
-        # a plain read first: the daemon loop asks on every turn, and an empty outbox must
-        # not cost a write lock that paymentd and sessiond would then wait for
-        if self.conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None:
+        """Claim queued messages for publishing, oldest first: each row is decoded before
+        it is deleted. A row that does not decode (unknown topic or version, broken body)
+        is kept and marked stuck under this program's catalogue mark, logged once, and
+        skipped until a program with another catalogue (an upgrade) tries it (#13)."""
+        # a plain read first: the daemon loop asks on every turn, and an outbox that is
+        # empty (or holds only rows this program already failed) must not cost a write
+        # lock that paymentd and sessiond would then wait for
+        if not self.conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM outbox WHERE {_TAKEABLE})",
+                (self.mark, self.mark)).fetchone()[0]:
             return []
-        with self.transaction():
-            rows = self.conn.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?) "
-                "RETURNING id, topic, body", (limit,)).fetchall()
-        out = []
-        for _id, topic, body in sorted(rows):
-            out.append(build(CATALOGUE[topic], msgpack.unpackb(body, raw=False)))
+        out: list[Message] = []
+        stuck: list[tuple[int, str, int, str]] = []
+        with self.transaction() as tx:
+            while len(out) < limit:
+                want = limit - len(out)
+                rows = self.conn.execute(
+                    f"SELECT id, topic, version, body FROM outbox WHERE {_TAKEABLE} "
+                    "ORDER BY id LIMIT ?", (self.mark, self.mark, want)).fetchall()
+                taken = []
+                for row_id, topic, version, body in rows:
+                    try:
+                        out.append(decode_outbox_row(self.catalogue, topic, version, body))
+                        taken.append((row_id,))
+                    except BadMessage as exc:
+                        stuck.append((row_id, topic, version, str(exc)))
+                        self.conn.execute(
+                            "UPDATE outbox SET stuck = ?, stuck_by = ?, stuck_at = ? "
+                            "WHERE id = ?", (str(exc), self.mark, tx.now, row_id))
+                self.conn.executemany("DELETE FROM outbox WHERE id = ?", taken)
+                if len(rows) < want:
+                    break
+        for row_id, topic, version, reason in stuck:
+            log.error("outbox row %d (%s v%s): stuck, kept unpublished: %s", row_id, topic,
+                      version, reason)
         return out
+
+    def outbox_counts(self) -> OutboxCounts:
+        queued, stuck = self.conn.execute(
+            "SELECT COUNT(*) - COUNT(stuck), COUNT(stuck) FROM outbox").fetchone()
+        return OutboxCounts(int(queued), int(stuck))
+
+    def stuck_outbox(self, limit: int = 100) -> list[StuckRow]:
+        """The oldest stuck outbox rows, with why each could not be decoded."""
+        return [StuckRow(*r) for r in self.conn.execute(
+            "SELECT id, topic, version, stuck, stuck_at FROM outbox "
+            "WHERE stuck IS NOT NULL ORDER BY id LIMIT ?", (limit,))]
+
+
+# rows to try: never tried, or stuck under another catalogue than this program's; written
+# as two ranges, not `<>`, so the (stuck_by, id) index answers it
+_TAKEABLE = "(stuck_by IS NULL OR stuck_by < ? OR stuck_by > ?)"
 
 
 def _payment(row: tuple) -> PaymentRow:
@@ -365,15 +505,61 @@ class Tx:
         assert row is not None
         return row
 
-    def update_authid(self, authid: str, **changes: Any) -> None:
-        allowed = set(_AUTHID_COLS.replace(" ", "").split(",")) - {"authid", "created"}
-        bad = set(changes) - allowed
-        if bad:
-            raise ValueError(f"not authid columns: {sorted(bad)}")
-        changes["modified"] = self.now
-        cols = ", ".join(f"{k} = ?" for k in changes)
-        self.conn.execute(f"UPDATE authids SET {cols} WHERE authid = ?",
-                          (*changes.values(), authid))
+    # --- money and access verbs: the UPDATE does the arithmetic and returns the fresh
+    # row, so no count is read into Python, changed and written back (#13) ---
+    def credit(self, authid: str, amount: int, payment: bool = False) -> AuthidRow:
+        """Add spendable credit; `payment` counts one more live payment."""
+        return self._change(authid, "credit = credit + ?, payments = payments + ?",
+                            (amount, int(payment)))
+
+    def add_pending(self, authid: str, amount: int, payment: bool = False) -> AuthidRow:
+        """Add credit that is not spendable yet; `payment` counts one more live payment."""
+        return self._change(authid, "pending = pending + ?, payments = payments + ?",
+                            (amount, int(payment)))
+
+    def release_pending(self, authid: str, amount: int) -> AuthidRow:
+        """Pending -> credit: a payment got the confirmations its place needs."""
+        return self._change(authid, "pending = pending - ?, credit = credit + ?",
+                            (amount, amount))
+
+    def revoke(self, authid: str, amount: int, from_pending: bool) -> AuthidRow:
+        """Take a payment's amount back (from pending or from credit) and uncount it."""
+        column = "pending" if from_pending else "credit"
+        return self._change(authid, f"{column} = {column} - ?, payments = payments - 1",
+                            (amount,))
+
+    def spend(self, authid: str, amount: int, ms: int) -> AuthidRow:
+        """Charge `amount` for `ms` of use, now."""
+        return self._change(authid, "spent = spent + ?, charged_ms = charged_ms + ?, "
+                            "last_used = ?", (amount, ms, self.now))
+
+    def start_spending(self, authid: str, since: float) -> AuthidRow:
+        # ACTIVE, not spending -> spending
+        return self._change(authid, "spending_since = ?", (since,),
+                            "state = 'ACTIVE' AND spending_since IS NULL")
+
+    def activate(self, authid: str) -> AuthidRow:
+        # PENDING/DEPLETED -> ACTIVE
+        return self._change(authid, "state = 'ACTIVE', activations = activations + 1, "
+                            "activated_at = ?, spending_since = NULL", (self.now,),
+                            "state <> 'ACTIVE'")
+
+    def deactivate(self, authid: str) -> AuthidRow:
+        # ACTIVE -> DEPLETED
+        return self._change(authid, "state = 'DEPLETED', spending_since = NULL", (),
+                            "state = 'ACTIVE'")
+
+    def _change(self, authid: str, assignments: str, args: tuple,
+                guard: str = "") -> AuthidRow:
+        rows = self.conn.execute(
+            f"UPDATE authids SET {assignments}, modified = ? WHERE authid = ?"
+            + (f" AND {guard}" if guard else "") + f" RETURNING {_AUTHID_COLS}",
+            (*args, self.now, authid)).fetchall()
+        if not rows:
+            row = self.authid(authid)
+            raise NotApplied(f"authid {authid}: not in the ledger" if row is None else
+                             f"authid {authid}: state {row.state}, not changed ({guard})")
+        return AuthidRow(*rows[0])
 
     def authids_in(self, states: tuple[str, ...]) -> list[AuthidRow]:
         marks = ",".join("?" * len(states))
@@ -485,5 +671,6 @@ class Tx:
 
     def emit(self, msg: Message) -> None:
         """Queue a bus message; it is published after commit (see Ledger.take_outbox)."""
-        self.conn.execute("INSERT INTO outbox (topic, body) VALUES (?, ?)",
-                          (msg.topic, msgpack.packb(msg.fields(), use_bin_type=True)))
+        self.conn.execute("INSERT INTO outbox (topic, version, body) VALUES (?, ?, ?)",
+                          (msg.topic, msg.version,
+                           msgpack.packb(msg.fields(), use_bin_type=True)))

@@ -32,9 +32,8 @@ def ledger(tmp_path: Path):
 
 def credit(ledger: Ledger, amount: int):
     with ledger.transaction() as tx:
-        row = tx.ensure_authid(AUTHID, "1A")
-        tx.update_authid(AUTHID, credit=row.credit + amount)
-        return access.reevaluate(tx, tx.authid(AUTHID), RULES, "test")
+        tx.ensure_authid(AUTHID, "1A")
+        return access.reevaluate(tx, tx.credit(AUTHID, amount), RULES, "test")
 
 
 def topics(ledger: Ledger) -> list[str]:
@@ -62,8 +61,9 @@ def test_charging_to_exhaustion_deactivates_and_never_overdraws(ledger):
     with ledger.transaction() as tx:
         row = tx.authid(AUTHID)
         charged = access.charge(tx, row, RULES, 11 * 60_000, "time", "test")
-        row = access.reevaluate(tx, tx.authid(AUTHID), RULES, "test")
-    assert charged == 6000  # 11 minutes cost 6600, but only 6000 was there
+        assert charged.row == tx.authid(AUTHID)
+        row = access.reevaluate(tx, charged.row, RULES, "test")
+    assert charged.amount == 6000  # 11 minutes cost 6600, but only 6000 was there
     assert (row.state, row.balance) == ("DEPLETED", 0)
     assert topics(ledger) == ["authid.charged", "authid.deactivated"]
 
@@ -97,8 +97,7 @@ def test_charges_are_recorded_per_minute_of_use_not_per_tick(ledger):
 def test_a_failed_transaction_leaves_no_trace(ledger):
     with pytest.raises(RuntimeError), ledger.transaction() as tx:
         tx.ensure_authid(AUTHID, "1A")
-        tx.update_authid(AUTHID, credit=6000)
-        access.reevaluate(tx, tx.authid(AUTHID), RULES, "test")
+        access.reevaluate(tx, tx.credit(AUTHID, 6000), RULES, "test")
         raise RuntimeError("crash before commit")
     assert ledger.authid(AUTHID) is None
     assert topics(ledger) == []

@@ -77,8 +77,7 @@ def activate(ledger: Ledger, cfg, *authids: str) -> None:
     with ledger.transaction() as tx:
         for authid in authids:
             tx.ensure_authid(authid, authid[:2])
-            tx.update_authid(authid, credit=100 * 10**12)
-            access.reevaluate(tx, tx.authid(authid), rules, "t")
+            access.reevaluate(tx, tx.credit(authid, 100 * 10**12), rules, "t")
 
 
 def deactivate(ledger: Ledger, authid: str) -> None:

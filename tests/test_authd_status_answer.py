@@ -40,8 +40,7 @@ def ledger(cfg):
         for authid, amount, txid in ((ACTIVE, 12 * 10**9, "aa" * 32), (PENDING, 10**9, "bb" * 32)):
             tx.ensure_authid(authid, "1A")
             tx.insert_payment(txid, authid, amount, 10, 2, "mined", True, 1)
-            tx.update_authid(authid, credit=amount, payments=1)
-            access.reevaluate(tx, tx.authid(authid), rules, "test")
+            access.reevaluate(tx, tx.credit(authid, amount, payment=True), rules, "test")
     yield led
     led.close()
 

@@ -3,17 +3,31 @@ exactly-once payments and a claim-once outbox, with several connections at once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
+import re
 import sqlite3
 import subprocess
 import threading
 from pathlib import Path
 
+import msgpack
 import pytest
 import yaml
 
-from lthn.ledger import MIGRATIONS, Ledger, LedgerError, backup_exists, migrate, schema_version
-from lthn.messages import AuthidCharged
+from lthn.ledger import (
+    MIGRATIONS,
+    Ledger,
+    LedgerError,
+    LedgerMissing,
+    NotApplied,
+    OutboxCounts,
+    backup_exists,
+    migrate,
+    schema_version,
+)
+from lthn.messages import CATALOGUE, AuthidCharged, Message, message
 from lthn.node.supervision import tool
 
 LATEST = len(MIGRATIONS)
@@ -215,3 +229,278 @@ def test_outbox_of_a_rolled_back_transaction_is_empty(tmp_path):
         raise RuntimeError("boom")
     assert ledger.take_outbox() == []
     ledger.close()
+
+
+# --- the versioned outbox (#13) ---
+
+A = "1A00112233445566"
+
+
+def raw_outbox(path: Path, topic: str, version: int, body: bytes) -> None:
+    """Queue a row as some other program would have written it."""
+    conn = sqlite3.connect(str(path))
+    conn.execute("INSERT INTO outbox (topic, version, body) VALUES (?, ?, ?)",
+                 (topic, version, body))
+    conn.commit()
+    conn.close()
+
+
+def charged(amount: int) -> AuthidCharged:
+    return AuthidCharged(authid=A, amount=amount, balance=0)
+
+
+def packed(msg: AuthidCharged) -> bytes:
+    return msgpack.packb(msg.fields(), use_bin_type=True)
+
+
+@pytest.mark.parametrize("start", range(1, 3))
+def test_outbox_rows_of_every_older_schema_migrate_as_version_1(tmp_path, start):
+    """A v1 or v2 ledger holding queued messages and money: migrated to the newest
+    schema, backed up first, its rows read as version 1 messages and published in order."""
+    path = tmp_path / "ledger.sqlite"
+    migrate(path, MIGRATIONS[:start])
+    conn = sqlite3.connect(str(path))
+    conn.execute("INSERT INTO authids (authid, service_id, state, created, modified, "
+                 "credit, payments) VALUES (?, '1A', 'ACTIVE', 1, 1, 6000, 1)", (A,))
+    for amount in (1, 2, 3):
+        conn.execute("INSERT INTO outbox (topic, body) VALUES (?, ?)",
+                     ("authid.charged", packed(charged(amount))))
+    conn.commit()
+    conn.close()
+    ledger = Ledger.open(path)
+    try:
+        assert version_of(path) == LATEST
+        assert ledger.conn.execute("SELECT version, stuck FROM outbox").fetchall() == \
+            [(1, None)] * 3
+        assert ledger.outbox_counts() == OutboxCounts(queued=3, stuck=0)
+        assert ledger.take_outbox() == [charged(1), charged(2), charged(3)]
+        assert (ledger.authid(A).credit, ledger.authid(A).payments) == (6000, 1)
+    finally:
+        ledger.close()
+    backup = path.with_name(f"{path.name}.v{start}.bak")
+    assert version_of(backup) == start
+    conn = sqlite3.connect(str(backup))
+    assert conn.execute("SELECT topic, body FROM outbox ORDER BY id").fetchall() == \
+        [("authid.charged", packed(charged(n))) for n in (1, 2, 3)]
+    conn.close()
+
+
+UNDECODABLE = [
+    # (topic, version, body, why it is kept)
+    ("authid.charged", 99, packed(charged(0)), "version 99, this program knows "
+                                               "authid.charged v1"),
+    ("authid.recharged", 1, packed(charged(0)), "unknown topic 'authid.recharged'"),
+    ("authid.charged", 1, b"\xc1 not msgpack", "body is not msgpack (FormatError)"),
+    ("authid.charged", 1, msgpack.packb({"authid": A, "amount": 1}), "missing field balance"),
+]
+
+
+def test_undecodable_outbox_rows_are_kept_stuck_and_logged_once(tmp_path, caplog):
+    """Good, bad, good: the good rows are published in order; each bad row stays in the
+    outbox marked stuck with its reason, logged once, and not tried again by this program
+    (no hot loop); the operator's counts say so."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger.open(path)
+    with ledger.transaction() as tx:
+        tx.emit(charged(1))
+    for topic, version, body, _ in UNDECODABLE:
+        raw_outbox(path, topic, version, body)
+    with ledger.transaction() as tx:
+        tx.emit(charged(2))
+    caplog.set_level(logging.ERROR, logger="lthn.ledger")
+    assert ledger.take_outbox() == [charged(1), charged(2)]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"outbox row {n} ({topic} v{version}): stuck, kept unpublished: {why}"
+                     for n, (topic, version, _, why) in enumerate(UNDECODABLE, start=2)]
+    assert ledger.outbox_counts() == OutboxCounts(queued=0, stuck=4)
+    stuck = ledger.stuck_outbox()
+    assert [(r.id, r.topic, r.version, r.error) for r in stuck] == [
+        (n, topic, version, why) for n, (topic, version, _, why) in enumerate(UNDECODABLE, 2)]
+    assert all(r.since > 0 for r in stuck)
+    caplog.clear()
+    with ledger.transaction() as tx:
+        tx.emit(charged(3))
+    assert ledger.take_outbox() == [charged(3)]
+    assert ledger.take_outbox() == []
+    assert caplog.records == []           # each stuck row was logged once, not per turn
+    kept = ledger.conn.execute("SELECT topic, version, body FROM outbox ORDER BY id")
+    assert kept.fetchall() == [(t, v, b) for t, v, b, _ in UNDECODABLE]   # never lost
+    ledger.close()
+
+
+def test_an_outbox_of_stuck_rows_costs_no_write_lock(tmp_path):
+    """The loop asks on every turn: with only rows it already failed, the answer must come
+    from a read, or every daemon would queue for the write lock once a second."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger.open(path)
+    raw_outbox(path, "authid.charged", 99, packed(charged(0)))
+    assert ledger.take_outbox() == []                       # marks it stuck
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")                       # someone else is writing
+    try:
+        ledger.conn.execute("PRAGMA busy_timeout=50")
+        assert ledger.take_outbox() == []                   # no "database is locked"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        ledger.close()
+
+
+def test_a_program_with_a_newer_catalogue_publishes_what_an_older_one_kept(tmp_path):
+    """During an upgrade a newer program queues `authid.charged` v2; an older one keeps it
+    stuck. The upgraded program, whose catalogue differs, tries it again and publishes it;
+    the older one never retries it."""
+
+    @message("authid.charged", version=2)
+    class AuthidChargedV2(Message):
+        authid: str
+        amount: int
+        balance: int
+        reason: str
+
+    newer_catalogue = dict(CATALOGUE, **{"authid.charged": AuthidChargedV2})
+    path = tmp_path / "ledger.sqlite"
+    older = Ledger.open(path)
+    newer = Ledger.open(path, catalogue=newer_catalogue)
+    assert older.mark != newer.mark
+    v2 = AuthidChargedV2(authid=A, amount=5, balance=1, reason="time")
+    with newer.transaction() as tx:
+        tx.emit(v2)
+    assert older.take_outbox() == []
+    assert older.outbox_counts() == OutboxCounts(queued=0, stuck=1)
+    assert newer.take_outbox() == [v2]
+    assert older.outbox_counts() == OutboxCounts(queued=0, stuck=0)
+    older.close()
+    newer.close()
+
+
+def test_take_outbox_fills_its_batch_past_stuck_rows(tmp_path):
+    """A batch of `limit` messages even when stuck rows sit among them, so the daemon's
+    flush (which stops at a short batch) does not leave good rows for the next turn."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger.open(path)
+    for n in range(10):
+        with ledger.transaction() as tx:
+            tx.emit(charged(n))
+        if n % 3 == 0:
+            raw_outbox(path, "authid.charged", 99, packed(charged(0)))
+    assert [m.amount for m in ledger.take_outbox(limit=5)] == [0, 1, 2, 3, 4]
+    assert [m.amount for m in ledger.take_outbox(limit=5)] == [5, 6, 7, 8, 9]
+    assert ledger.outbox_counts() == OutboxCounts(queued=1, stuck=3)   # the last one is
+    assert ledger.take_outbox(limit=5) == []                           # found next turn
+    assert ledger.outbox_counts() == OutboxCounts(queued=0, stuck=4)
+    ledger.close()
+
+
+def test_open_existing_reads_without_creating_or_migrating(tmp_path):
+    path = tmp_path / "state" / "ledger.sqlite"
+    with pytest.raises(LedgerMissing, match="no ledger there"):
+        Ledger.open_existing(path)
+    assert not path.exists() and not path.parent.exists()
+    migrate(path, MIGRATIONS[:2])
+    before = digest(path)
+    with pytest.raises(LedgerError) as err:
+        Ledger.open_existing(path)
+    assert str(err.value) == (f"{path}: schema version 2 is older than this program reads "
+                              f"({LATEST}); start the node once to migrate it")
+    assert digest(path) == before and version_of(path) == 2
+    migrate(path)
+    reader = Ledger.open_existing(path)
+    try:
+        assert reader.outbox_counts() == OutboxCounts(queued=0, stuck=0)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.conn.execute("DELETE FROM outbox")
+    finally:
+        reader.close()
+
+
+# --- money verbs: the arithmetic in the UPDATE, the fresh row returned (#13) ---
+
+def test_money_verbs_do_the_arithmetic_and_return_the_fresh_row(tmp_path):
+    clock = iter(float(t) for t in range(100, 200))
+    ledger = Ledger.open(tmp_path / "ledger.sqlite", clock=lambda: next(clock))
+    steps = [
+        (lambda tx: tx.credit(A, 700, payment=True), dict(credit=700, payments=1)),
+        (lambda tx: tx.credit(A, 5), dict(credit=705, payments=1)),
+        (lambda tx: tx.add_pending(A, 300, payment=True), dict(pending=300, payments=2)),
+        (lambda tx: tx.release_pending(A, 100), dict(pending=200, credit=805)),
+        (lambda tx: tx.revoke(A, 200, from_pending=True), dict(pending=0, payments=1)),
+        (lambda tx: tx.revoke(A, 5, from_pending=False), dict(credit=800, payments=0)),
+        (lambda tx: tx.activate(A), dict(state="ACTIVE", activations=1)),
+        (lambda tx: tx.start_spending(A, 50.5), dict(spending_since=50.5)),
+        (lambda tx: tx.spend(A, 60, 6000), dict(spent=60, charged_ms=6000)),
+        (lambda tx: tx.spend(A, 40, 4000), dict(spent=100, charged_ms=10_000)),
+        (lambda tx: tx.deactivate(A), dict(state="DEPLETED", spending_since=None)),
+        (lambda tx: tx.activate(A), dict(state="ACTIVE", activations=2)),
+    ]
+    with ledger.transaction() as tx:
+        expected = dataclasses.asdict(tx.ensure_authid(A, "1A"))
+    for verb, changes in steps:
+        with ledger.transaction() as tx:
+            row = verb(tx)
+            expected.update(changes, modified=tx.now)
+            if changes.get("state") == "ACTIVE":
+                expected.update(activated_at=tx.now, spending_since=None)
+            if "spent" in changes:
+                expected.update(last_used=tx.now)
+            assert dataclasses.asdict(row) == expected
+            assert tx.authid(A) == row       # what the verb returned is what is stored
+    assert ledger.authid(A).balance == 700
+    ledger.close()
+
+
+@pytest.mark.parametrize("verb, why", [
+    (lambda tx: tx.credit("1A0000000000FFFF", 1), "authid 1A0000000000FFFF: not in the ledger"),
+    (lambda tx: tx.activate(A), "authid 1A00112233445566: state ACTIVE, not changed "
+                                "(state <> 'ACTIVE')"),
+    (lambda tx: tx.start_spending(A, 1.0), "not changed (state = 'ACTIVE' AND "
+                                           "spending_since IS NULL)"),
+])
+def test_a_verb_that_changes_nothing_raises_and_rolls_back(tmp_path, verb, why):
+    """A state edge from the wrong state, or money for an unknown authid, is a bug: the
+    whole transaction (here a credit before it) is undone, never half applied."""
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    with ledger.transaction() as tx:
+        tx.ensure_authid(A, "1A")
+        tx.activate(A)
+        tx.start_spending(A, 1.0)
+    before = ledger.authid(A)
+    with pytest.raises(NotApplied, match=re.escape(why)), ledger.transaction() as tx:
+        tx.credit(A, 10)
+        verb(tx)
+    assert ledger.authid(A) == before
+    ledger.close()
+
+
+def test_deactivate_is_an_edge_from_active_only(tmp_path):
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    with ledger.transaction() as tx:
+        tx.ensure_authid(A, "1A")
+    with pytest.raises(NotApplied, match="state PENDING, not changed"), \
+            ledger.transaction() as tx:
+        tx.deactivate(A)
+    ledger.close()
+
+
+def test_credits_from_many_connections_add_up(tmp_path):
+    """Eight connections credit the same authid 50 times each: no update is lost."""
+    path = tmp_path / "ledger.sqlite"
+    with Ledger.open(path).transaction() as tx:
+        tx.ensure_authid(A, "1A")
+
+    def creditor() -> None:
+        ledger = Ledger.open(path)
+        try:
+            for _ in range(50):
+                with ledger.transaction() as tx:
+                    tx.credit(A, 3, payment=True)
+        finally:
+            ledger.close()
+
+    threads = [threading.Thread(target=creditor) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    row = Ledger.open(path).authid(A)
+    assert (row.credit, row.payments) == (8 * 50 * 3, 8 * 50)

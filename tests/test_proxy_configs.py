@@ -172,8 +172,7 @@ def test_lthn_haproxy_writes_the_active_authids_from_the_ledger(tmp_path):
     with ledger.transaction() as tx:
         for authid, credit in (("1A000000000000AA", 10**12), ("1A000000000000BB", 1)):
             tx.ensure_authid(authid, "1A")
-            tx.update_authid(authid, credit=credit)
-            access.reevaluate(tx, tx.authid(authid), rules, "test")
+            access.reevaluate(tx, tx.credit(authid, credit), rules, "test")
     ledger.close()
     run = tmp_path / "state" / "run"
     run.mkdir()

@@ -55,9 +55,8 @@ class Node:
     def activate(self, amount: int) -> None:
         rules = access.rules_for(self.config, self.config.services[0])
         with self.ledger.transaction() as tx:
-            row = tx.ensure_authid(AUTHID, "1A")
-            tx.update_authid(AUTHID, credit=row.credit + amount)
-            row = access.reevaluate(tx, tx.authid(AUTHID), rules, "test")
+            tx.ensure_authid(AUTHID, "1A")
+            row = access.reevaluate(tx, tx.credit(AUTHID, amount), rules, "test")
         assert row.state == "ACTIVE"
 
     def tick(self, at: float, live: bool = False) -> charging.TickResult:

@@ -79,8 +79,7 @@ def daemon_factory(tmp_path: Path):
         ledger = Ledger.open(config.ledger_path, clock=wall)
         with ledger.transaction() as tx:
             tx.ensure_authid(AUTHID, "1A")
-            tx.update_authid(AUTHID, credit=6000)
-            access.reevaluate(tx, tx.authid(AUTHID), access.rules_for(
+            access.reevaluate(tx, tx.credit(AUTHID, 6000), access.rules_for(
                 config, config.services[0]), "test")
         daemon = Sessiond(config, ctx, ledger, clock=mono)
         made.append(daemon)

@@ -16,10 +16,16 @@ def build_parser() -> argparse.ArgumentParser:
     subgroups: dict[str, argparse._SubParsersAction] = {}
     for module in COMMANDS:
         group, _, verb = module.NAME.partition(" ")
+        doc = (module.__doc__ or "").strip()
+        if not verb:
+            # a one-word command (`lthnctl outbox`)
+            sub = groups.add_parser(group, help=doc.splitlines()[0], description=doc)
+            module.arguments(sub)
+            sub.set_defaults(module=module)
+            continue
         if group not in subgroups:
             holder = groups.add_parser(group, help=f"{group} commands")
             subgroups[group] = holder.add_subparsers(dest="verb", metavar="VERB", required=True)
-        doc = (module.__doc__ or "").strip()
         sub = subgroups[group].add_parser(verb, help=doc.splitlines()[0], description=doc)
         module.arguments(sub)
         sub.set_defaults(module=module)

@@ -173,11 +173,11 @@ class Crediting:
         if not tx.insert_payment(t.txid, authid, t.amount, t.height, t.confirmations, state,
                                  spendable, ordinal):
             return  # (txid, authid) already recorded: a replay credits nothing
-        row = tx.ensure_authid(authid, service.key)
+        tx.ensure_authid(authid, service.key)
         if spendable:
-            tx.update_authid(authid, credit=row.credit + t.amount, payments=row.payments + 1)
+            fresh = tx.credit(authid, t.amount, payment=True)
         else:
-            tx.update_authid(authid, pending=row.pending + t.amount, payments=row.payments + 1)
+            fresh = tx.add_pending(authid, t.amount, payment=True)
         tx.audit(self.actor, "credited", authid, txid=t.txid, amount=t.amount,
                  confirmations=t.confirmations, height=t.height, spendable=spendable,
                  ordinal=ordinal)
@@ -188,8 +188,6 @@ class Crediting:
         out.note(logging.INFO, "authid %s: credited %d (txid %s, %d confirmations%s)",
                  short(authid), t.amount, _short_tx(t.txid), t.confirmations,
                  "" if spendable else ", not yet spendable")
-        fresh = tx.authid(authid)
-        assert fresh is not None
         access.reevaluate(tx, fresh, rules, self.actor)
         if t.in_pool and t.double_spend_seen and not spendable:
             paid = tx.payment(t.txid, authid)
@@ -219,16 +217,11 @@ class Crediting:
         out.confirmed += 1
         if spendable and not row.spendable:
             # pending -> credit: the payment has the confirmations its place needs
-            authid_row = tx.authid(row.authid)
-            assert authid_row is not None
-            tx.update_authid(row.authid, pending=authid_row.pending - row.amount,
-                             credit=authid_row.credit + row.amount)
+            fresh = tx.release_pending(row.authid, row.amount)
             tx.audit(self.actor, "spendable", row.authid, txid=row.txid, amount=row.amount,
                      confirmations=t.confirmations)
             out.note(logging.INFO, "authid %s: payment spendable (txid %s, %d confirmations)",
                      short(row.authid), _short_tx(row.txid), t.confirmations)
-            fresh = tx.authid(row.authid)
-            assert fresh is not None
             access.reevaluate(tx, fresh, rules, self.actor)
         else:
             out.note(logging.DEBUG, "authid %s: txid %s now has %d confirmations",
@@ -250,13 +243,10 @@ class Crediting:
                  short(row.authid), _short_tx(row.txid), reason)
 
     def _revoke(self, tx: Tx, row: PaymentRow, reason: str, out: Outcome) -> None:
-        authid_row = tx.authid(row.authid)
-        assert authid_row is not None
         tx.update_payment(row.txid, row.authid, row.height, row.confirmations, "revoked",
                           False)
-        # the payment was not spendable, so its amount sits in `pending`, not in `credit`
-        tx.update_authid(row.authid, pending=authid_row.pending - row.amount,
-                         payments=authid_row.payments - 1)
+        # only a payment not yet spendable is revoked: its amount sits in `pending`
+        tx.revoke(row.authid, row.amount, from_pending=not row.spendable)
         tx.audit(self.actor, "revoked", row.authid, txid=row.txid, amount=row.amount,
                  reason=reason)
         tx.emit(PaymentRevoked(authid=row.authid, txid=row.txid, amount=row.amount,
@@ -270,14 +260,10 @@ class Crediting:
         """A revoked payment turned up mined after all: credit it again (revoked -> in)."""
         spendable = _spendable(rules, row.ordinal, t)
         tx.update_payment(row.txid, row.authid, t.height, t.confirmations, "in", spendable)
-        authid_row = tx.authid(row.authid)
-        assert authid_row is not None
         if spendable:
-            tx.update_authid(row.authid, credit=authid_row.credit + row.amount,
-                             payments=authid_row.payments + 1)
+            fresh = tx.credit(row.authid, row.amount, payment=True)
         else:
-            tx.update_authid(row.authid, pending=authid_row.pending + row.amount,
-                             payments=authid_row.payments + 1)
+            fresh = tx.add_pending(row.authid, row.amount, payment=True)
         tx.audit(self.actor, "reinstated", row.authid, txid=row.txid, amount=row.amount,
                  confirmations=t.confirmations, spendable=spendable)
         tx.emit(PaymentConfirmed(authid=row.authid, txid=row.txid,
@@ -287,8 +273,6 @@ class Crediting:
         out.note(logging.WARNING, "authid %s: reinstated %d (txid %s mined after all, "
                  "%d confirmations)", short(row.authid), row.amount, _short_tx(row.txid),
                  t.confirmations)
-        fresh = tx.authid(row.authid)
-        assert fresh is not None
         access.reevaluate(tx, fresh, rules, self.actor)
 
     @staticmethod

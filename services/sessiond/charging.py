@@ -164,17 +164,16 @@ def charge_tick(tx: Tx, config: Config, live: set[str], hints: Hints) -> TickRes
         decision = plan(row, now, spans, mode, grace, policy)
         if decision.spending_since is not None:
             # ACTIVE, not spending -> spending
-            tx.update_authid(row.authid, spending_since=decision.spending_since / 1000)
+            row = tx.start_spending(row.authid, decision.spending_since / 1000)
             tx.audit(ACTOR, "spending", row.authid, why=decision.why,
                      since=decision.spending_since / 1000)
             log.info("authid %s: spending started (%s)", short(row.authid), decision.why)
         if decision.ms <= 0:
             continue
-        fresh = tx.authid(row.authid)
-        assert fresh is not None
         rules = access.rules_for(config, service)
-        charged[row.authid] = access.charge(tx, fresh, rules, decision.ms, mode, ACTOR)
-        after = access.reevaluate(tx, tx.authid(row.authid) or fresh, rules, ACTOR)
+        done = access.charge(tx, row, rules, decision.ms, mode, ACTOR)
+        charged[row.authid] = done.amount
+        after = access.reevaluate(tx, done.row, rules, ACTOR)
         if after.state != access.State.ACTIVE.value:
             deactivated.append(row.authid)
     hints.everyone = False

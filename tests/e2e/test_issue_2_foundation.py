@@ -46,10 +46,8 @@ def activate(node: Node, authids: list[str], amount: int = 2 * 10**10) -> None:
             for authid in authids:
                 service = config.service(authid[:2])
                 assert service is not None
-                row = tx.ensure_authid(authid, service.key)
-                tx.update_authid(authid, credit=row.credit + amount)
-                fresh = tx.authid(authid)
-                assert fresh is not None
+                tx.ensure_authid(authid, service.key)
+                fresh = tx.credit(authid, amount)
                 access.reevaluate(tx, fresh, access.rules_for(config, service), "test")
     finally:
         ledger.close()

@@ -104,9 +104,8 @@ class Rig:
         """Credit straight into the ledger and admit it, as paymentd and authd would."""
         service = self.config.service(authid[:2])
         with self.ledger.transaction() as tx:
-            row = tx.ensure_authid(authid, authid[:2])
-            tx.update_authid(authid, credit=row.credit + amount)
-            row = access.reevaluate(tx, tx.authid(authid), access.rules_for(
+            tx.ensure_authid(authid, authid[:2])
+            row = access.reevaluate(tx, tx.credit(authid, amount), access.rules_for(
                 self.config, service), "test")
         assert row.state == "ACTIVE"
         self.haproxy.add(authid, authid[:2])
@@ -192,7 +191,7 @@ def test_issue_4_deactivation_seen_on_the_bus_cuts_within_2s(rig_factory):
     tunnels = [open_tunnel(rig.haproxy.port, AUTHID) for _ in range(2)]
     bystander = open_tunnel(rig.haproxy.port, other)
     with rig.ledger.transaction() as tx:
-        tx.update_authid(AUTHID, state="DEPLETED", spending_since=None)
+        tx.deactivate(AUTHID)   # ACTIVE -> DEPLETED; the message is sent below
     publisher = Publisher(rig.ctx, rig.config.publish_endpoint, "paymentd.test")
     try:
         sent = time.time()
@@ -267,7 +266,7 @@ def test_issue_4_tunnel_opened_before_a_sigkill_restart_is_still_cut(rig_factory
     proc.wait(timeout=10)
     rig.start_sessiond()
     with rig.ledger.transaction() as tx:
-        tx.update_authid(AUTHID, state="DEPLETED", spending_since=None)
+        tx.deactivate(AUTHID)   # ACTIVE -> DEPLETED, no message: sessiond reads it
     assert closed_by_peer(tunnel, timeout=3.0), "the tunnel is still open"
     cut = rig.wait_message("session.cut", authid=AUTHID)
     assert cut.message.reason == "not active"

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from lthn.ctl.commands import authid_show, config_check, config_sample
+from lthn.ctl.commands import authid_show, config_check, config_sample, outbox
 
-COMMANDS = [config_check, config_sample, authid_show]
+COMMANDS = [config_check, config_sample, authid_show, outbox]
