@@ -4,6 +4,15 @@ All SQL of the node lives in this module. Exactly-once is done by uniqueness and
 transactions, never by process-local locks: `INSERT ... ON CONFLICT DO NOTHING` on
 (txid, authid) makes a replayed credit a no-op, and every change of money happens in one
 `BEGIN IMMEDIATE` transaction together with its audit line and its outbox message.
+
+Money and access change only through the verbs of `Tx` (credit, add_pending,
+release_pending, revoke, spend, activate, deactivate, start_spending): each is one
+`UPDATE ... RETURNING` that does the arithmetic (or the guarded state edge) in SQL and
+returns the fresh row. The SQL is what SQLite and PostgreSQL both accept (ROADMAP: a shared
+ledger on PostgreSQL; tests/test_ledger_postgres.py checks it on a real server).
+
+The outbox keeps each message's topic and version; `Ledger.take_outbox` decodes a row
+before deleting it and keeps a row it cannot decode, marked stuck (`lthnctl outbox`).
 """
 
 from __future__ import annotations
