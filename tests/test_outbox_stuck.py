@@ -220,3 +220,12 @@ def test_lthnctl_outbox_counts_queued_rows_and_lists_at_most_limit(tmp_path):
     result = ctl(path, "outbox", "--limit", "-1")
     assert (result.returncode, result.stderr) == (
         2, "Error: --limit: must be 0 or more (got -1)\n")
+
+
+def test_lthnctl_outbox_with_a_config_mistake_says_what_and_where(tmp_path):
+    path = tmp_path / "node.yaml"
+    path.write_text(f'provider: {{id: "{"ef" * 32}"}}\nstate_dri: "{tmp_path}"\n')
+    result = ctl(path, "outbox")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"Error: {path}: state_dri: unknown key")
+    assert len(result.stderr.splitlines()) == 1

@@ -14,10 +14,9 @@ import json
 import sys
 import time
 
-from lthn import config as config_mod
+from lthn.cli_args import load_config_or_exit
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from lthn.ledger import Ledger, LedgerError, LedgerMissing
-from lthn.schema import ConfigError
 
 NAME = "outbox"
 
@@ -29,11 +28,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_mod.load(args.config)
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    config = load_config_or_exit(args.config, hint=False)
     if args.limit < 0:
         print(f"Error: --limit: must be 0 or more (got {args.limit})", file=sys.stderr)
         return EXIT_CONFIG
