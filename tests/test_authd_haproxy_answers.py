@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from lthn.haproxy.contract import map_file_text
 from services.authd.map_sync import (
     ProcessIdentity,
     RuntimeAnswerError,
-    map_file_text,
     parse_show_info,
     parse_show_map,
 )

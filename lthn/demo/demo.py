@@ -157,7 +157,7 @@ def instructions(directory: Path, config: dict[str, Any], origin_port: int) -> s
     first = COST * PREPAID_MINUTES
     origin = f"http://127.0.0.1:{origin_port}/"
     return f"""
-The demo node is running: busd, paymentd, authd, sessiond, firewalld, squid and haproxy
+The demo node is running: {", ".join(NAMES)}
 under supervisord, paid through a local Monero regtest chain. Ctrl-C stops everything.
 
   directory  {directory}

@@ -50,6 +50,11 @@ def authid_map_path(config: Config) -> Path:
     return config.state / "run" / "authids.map"
 
 
+def map_file_text(authids: list[str]) -> str:
+    """The authid map file haproxy loads at start: `AUTHID SERVICEID` per line."""
+    return "".join(f"{a.upper()} {a[:2].upper()}\n" for a in authids)
+
+
 def admin_socket_path(config: Config) -> Path:
     """haproxy's admin socket (runtime API, level admin)."""
     return config.state / "run" / "haproxy-admin.sock"

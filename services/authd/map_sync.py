@@ -38,11 +38,6 @@ _ERRORS = ("Unknown map identifier", "Unknown command", "Permission denied",
            "Missing", "Can't", "Out of memory", "Failed to", "Unknown")
 
 
-def map_file_text(authids: list[str]) -> str:
-    """The map file haproxy loads at start: `AUTHID SERVICEID` per line."""
-    return "".join(f"{a.upper()} {a[:2].upper()}\n" for a in authids)
-
-
 def parse_show_map(answer: str) -> Counter[str]:
     """`show map <file>` -> how many entries each key has (`<ptr> <key> <value>` lines)."""
     keys: Counter[str] = Counter()

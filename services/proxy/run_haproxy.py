@@ -13,10 +13,9 @@ from pathlib import Path
 
 from lthn.config import Config
 from lthn.files import write_atomically
-from lthn.haproxy.contract import authid_map_path
+from lthn.haproxy.contract import authid_map_path, map_file_text
 from lthn.ledger import Ledger, LedgerError
 from lthn.tls import CertificateError, ensure_certificates
-from services.authd.map_sync import map_file_text
 from services.proxy import foreground, haproxy_config
 
 HAPROXY = "haproxy"
