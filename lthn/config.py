@@ -90,6 +90,8 @@ class Provider:
     id: str = setting(doc="provider id: 64 hex characters (the ed25519 public key in Lethean)",
                       check=_provider_id)
     name: str = setting("Lethean exit node", "provider name shown to clients")
+    key: str = setting("", "file with the provider's ed25519 private key, which signs sdp.json "
+                       "(lthn-node init makes it)")
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,9 @@ class Bus:
     subscribe: str = setting("", "endpoint subscribers connect to (default: ipc in state_dir)",
                              lambda v: _endpoint(v) if v else None)
     max_message_bytes: int = setting(65536, "larger bus messages are dropped", _positive)
+    heartbeat_interval: float = setting(
+        5.0, "seconds between each daemon's node.heartbeat; lthnctl status calls a daemon "
+        "down after two missed", _positive)
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,24 @@ class Firewall:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    enabled: bool = setting(True, "serve Prometheus metrics (watchd)")
+    bind: str = setting("127.0.0.1", "address of the metrics endpoint (keep it on loopback "
+                        "or behind a firewall)")
+    port: int = setting(8184, "TCP port of the Prometheus text endpoint (/metrics)", _port)
+
+
+@dataclass(frozen=True)
+class Audit:
+    file: str = setting("", "audit log file (default: state_dir/log/audit.log)")
+    anonymise: bool = setting(
+        True, "source addresses as a salted hash of their /24 or /48, authids truncated; "
+        "false: in full")
+    max_bytes: int = setting(10_000_000, "the audit log is rotated at this size", _positive)
+    backups: int = setting(10, "rotated audit logs kept", _not_negative)
+
+
+@dataclass(frozen=True)
 class Config:
     provider: Provider = setting(doc="who runs this node")
     wallet: Wallet = setting(Wallet(), "the provider wallet paymentd watches")
@@ -205,6 +228,8 @@ class Config:
     sessions: Sessions = setting(Sessions(), "session tracking and charging")
     firewall: Firewall = setting(
         Firewall(), "firewalld: refusals per source address (bans are a later issue)")
+    metrics: Metrics = setting(Metrics(), "Prometheus metrics endpoint (watchd)")
+    audit: Audit = setting(Audit(), "the audit log file of every change of money or access")
     state_dir: str = setting("/var/lib/lthn", "directory for the ledger, sockets and logs")
     sdp: str = setting("", "an existing Lethean sdp.json to import services from")
     log_level: Literal["debug", "info", "warning", "error"] = setting("info", "log level")
@@ -241,6 +266,10 @@ class Config:
     @property
     def haproxy_admin_socket(self) -> Path:
         return haproxy_contract.admin_socket_path(self)
+
+    @property
+    def audit_log_path(self) -> Path:
+        return Path(self.audit.file) if self.audit.file else self.state / "log" / "audit.log"
 
     @property
     def certificate_path(self) -> Path:

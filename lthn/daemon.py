@@ -23,6 +23,7 @@ import zmq
 from lthn.bus import Envelope, Publisher, Subscriber
 from lthn.cli_args import parse_with_config
 from lthn.config import Config
+from lthn.daemon_control import DaemonControl
 from lthn.exits import EXIT_FAILED, EXIT_OK
 from lthn.ledger import Ledger, LedgerError
 from lthn.messages import Message, NodeHeartbeat
@@ -81,9 +82,12 @@ class Daemon:
         if self.subscriber:
             self.watch(self.subscriber.socket, self._on_bus)
         self.timers = Timers()
-        self.timers.every(5.0, self.heartbeat, first=0.5)
+        self.timers.every(config.bus.heartbeat_interval, self.heartbeat, first=0.5)
         self.stopping = False
         self.pending_signal: int | None = None
+        # request/reply beside pub/sub: lthnctl's questions and manual changes (#19)
+        self.control = DaemonControl(self)
+        self.watch(self.control.server.socket, self.control.server.drain)
 
     # --- wiring ---
     def watch(self, sock: Any, handler: Callable[[], None]) -> None:
@@ -108,7 +112,7 @@ class Daemon:
                 return
 
     def heartbeat(self) -> None:
-        self.publish(NodeHeartbeat(daemon=self.name, pid=os.getpid()))
+        self.publish(NodeHeartbeat(daemon=self.control.process, pid=os.getpid()))
 
     # --- hooks for subclasses ---
     def start(self) -> None:
@@ -123,6 +127,14 @@ class Daemon:
 
     def stop(self) -> None:
         """Called once after the loop, before the bus and ledger close."""
+
+    def status_details(self) -> dict[str, Any]:
+        """What `lthnctl status` shows for this daemon beside name, pid and uptime."""
+        return {}
+
+    def refresh(self) -> str:
+        """`lthnctl refresh`: do now what a timer would do soon; returns what was done."""
+        return "nothing to refresh"
 
     # --- the loop ---
     def _on_bus(self) -> None:
@@ -174,6 +186,7 @@ class Daemon:
             # stop intake first, then finish: a credit must not arrive with nowhere to go
             self.stop()
             self.flush_outbox()
+            self.control.close()
             if self.subscriber:
                 self.subscriber.close()
             self.publisher.close()

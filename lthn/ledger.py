@@ -248,6 +248,25 @@ def decode_outbox_row(catalogue: Mapping[str, type[Message]], topic: str, versio
     return build(cls, data)
 
 
+@dataclass(frozen=True)
+class BanRow:
+    ip: str            # an address or a network (CIDR)
+    reason: str
+    created: float
+    expires: float
+    count: int         # how many times this source was banned
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: float
+    actor: str
+    event: str
+    authid: str
+    detail: dict
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -415,6 +434,79 @@ class Ledger:
             (authid,) if authid else ())
         return [(a, e, i, json.loads(d)) for a, e, i, d in rows]
 
+    # --- reports for lthnctl and watchd (issue #19): plain reads, no write lock ---
+
+    def count_authids(self) -> dict[str, int]:
+        """How many authids are in each state."""
+        return {state: n for state, n in self.conn.execute(
+            "SELECT state, COUNT(*) FROM authids GROUP BY state")}
+
+    def list_authids(self, state: str | None = None, service_id: str | None = None,
+                     limit: int = 1000) -> list[AuthidRow]:
+        """Authids, most recently changed first, optionally of one state and service."""
+        where, args = [], []
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if service_id:
+            where.append("service_id = ?")
+            args.append(service_id)
+        sql = f"SELECT {_AUTHID_COLS} FROM authids"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [AuthidRow(*r) for r in self.conn.execute(
+            sql + " ORDER BY modified DESC, authid LIMIT ?", (*args, limit))]
+
+    def count_open_sessions(self) -> dict[tuple[str, str], int]:
+        """Open sessions per (service id, kind)."""
+        return {(service, kind): n for service, kind, n in self.conn.execute(
+            "SELECT upper(substr(authid, 1, 2)), kind, COUNT(*) FROM sessions "
+            "WHERE state = 'OPEN' GROUP BY 1, 2")}
+
+    def session(self, session_id: int) -> SessionRow | None:
+        row = self.conn.execute(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?",
+                                (session_id,)).fetchone()
+        return SessionRow(*row) if row else None
+
+    def list_sessions(self, open_only: bool = True, authid: str | None = None,
+                      kind: str | None = None, limit: int = 1000) -> list[SessionRow]:
+        """Sessions, newest first: open ones only, or every one (closed included)."""
+        where, args = [], []
+        if open_only:
+            where.append("state = 'OPEN'")
+        if authid:
+            where.append("authid = ?")
+            args.append(authid)
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        sql = f"SELECT {_SESSION_COLS} FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [SessionRow(*r) for r in self.conn.execute(
+            sql + " ORDER BY id DESC LIMIT ?", (*args, limit))]
+
+    def payment_totals(self) -> dict[str, tuple[int, int]]:
+        """(count, amount) of payments in each state (pool, mined, revoked, ...)."""
+        return {state: (n, int(total)) for state, n, total in self.conn.execute(
+            "SELECT state, COUNT(*), COALESCE(SUM(amount), 0) FROM payments GROUP BY state")}
+
+    def bans(self, now: float | None = None) -> list[BanRow]:
+        """Bans in force at `now` (default: the clock), soonest to expire first."""
+        at = self.clock() if now is None else now
+        return [BanRow(*r) for r in self.conn.execute(
+            f"SELECT {_BAN_COLS} FROM bans WHERE expires > ? ORDER BY expires, ip", (at,))]
+
+    def outbox_depth(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def audit_after(self, last_id: int, limit: int = 1000) -> list[AuditRow]:
+        """Audit lines with an id above `last_id`, oldest first (the audit file writer)."""
+        return [AuditRow(i, at, actor, event, authid, json.loads(detail))
+                for i, at, actor, event, authid, detail in self.conn.execute(
+                    "SELECT id, at, actor, event, authid, detail FROM audit WHERE id > ? "
+                    "ORDER BY id LIMIT ?", (last_id, limit))]
+
     def take_outbox(self, limit: int = 1000) -> list[Message]:
         """Claim queued messages for publishing, oldest first: each row is decoded before
         it is deleted. A row that does not decode (unknown topic or version, broken body)
@@ -480,6 +572,7 @@ _PAYMENT_COLS = ("txid, authid, amount, height, confirmations, state, spendable,
                  "first_seen, updated")
 _SESSION_COLS = ("id, kind, authid, source, adapter_ref, state, started, ended, end_reason, "
                  "bytes_in, bytes_out")
+_BAN_COLS = "ip, reason, created, expires, count"
 
 
 class Tx:
@@ -671,6 +764,35 @@ class Tx:
             f"UNION ALL SELECT {_SESSION_COLS} FROM sessions WHERE state = 'CLOSED' "
             "AND authid = ? AND ended > ? ORDER BY started, id",
             (authid, authid, ended_after))]
+
+    # --- bans (firewalld owns them; issue #19) ---
+    def add_ban(self, ip: str, reason: str, expires: float) -> BanRow:
+        """Ban `ip` until `expires`; a ban already in force is extended (never shortened)
+        and counted once more."""
+        self.conn.execute(
+            "INSERT INTO bans (ip, reason, created, expires, count) VALUES (?,?,?,?,1) "
+            "ON CONFLICT (ip) DO UPDATE SET reason = excluded.reason, "
+            "created = CASE WHEN bans.expires > excluded.created THEN bans.created "
+            "ELSE excluded.created END, "
+            "expires = CASE WHEN bans.expires > excluded.created "
+            "THEN max(bans.expires, excluded.expires) ELSE excluded.expires END, "
+            "count = bans.count + 1", (ip, reason, self.now, expires))
+        row = self.conn.execute(f"SELECT {_BAN_COLS} FROM bans WHERE ip = ?", (ip,)).fetchone()
+        return BanRow(*row)
+
+    def lift_ban(self, ip: str) -> BanRow | None:
+        """End the ban on `ip` now (the row stays, for its count); None when none is in
+        force."""
+        row = self.conn.execute(
+            f"UPDATE bans SET expires = ? WHERE ip = ? AND expires > ? RETURNING {_BAN_COLS}",
+            (self.now, ip, self.now)).fetchone()
+        return BanRow(*row) if row else None
+
+    def expired_bans(self, since: float) -> list[BanRow]:
+        """Bans that ran out after `since` and by now (each reported once by its caller)."""
+        return [BanRow(*r) for r in self.conn.execute(
+            f"SELECT {_BAN_COLS} FROM bans WHERE expires > ? AND expires <= ?",
+            (since, self.now))]
 
     # --- audit and outbox: every change of money or access passes here ---
     def audit(self, actor: str, event: str, authid: str, **detail: Any) -> None:

@@ -7,6 +7,7 @@ import sys
 
 from lthn.cli_args import config_argument
 from lthn.ctl.commands import COMMANDS
+from lthn.ctl.context import CommandError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,15 +19,17 @@ def build_parser() -> argparse.ArgumentParser:
         group, _, verb = module.NAME.partition(" ")
         doc = (module.__doc__ or "").strip()
         if not verb:
-            # a one-word command (`lthnctl outbox`)
-            sub = groups.add_parser(group, help=doc.splitlines()[0], description=doc)
+            # a one-word command (`lthnctl status`)
+            sub = groups.add_parser(group, help=doc.splitlines()[0], description=doc,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
             module.arguments(sub)
             sub.set_defaults(module=module)
             continue
         if group not in subgroups:
             holder = groups.add_parser(group, help=f"{group} commands")
             subgroups[group] = holder.add_subparsers(dest="verb", metavar="VERB", required=True)
-        sub = subgroups[group].add_parser(verb, help=doc.splitlines()[0], description=doc)
+        sub = subgroups[group].add_parser(verb, help=doc.splitlines()[0], description=doc,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         module.arguments(sub)
         sub.set_defaults(module=module)
     return parser
@@ -38,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "module", None):
         parser.print_help(sys.stderr)
         return 2
-    return args.module.run(args)
+    try:
+        return args.module.run(args)
+    except CommandError as exc:
+        # one line, no traceback: what is wrong and, where it helps, what to do
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -60,6 +60,11 @@ PROGRAMS: tuple[Program, ...] = (
             "logs a line when an address reaches the threshold. **It bans nobody yet** "
             "(see Status).",
             priority=100, stopwaitsecs=5),
+    Program("watchd", "lthn-watchd", "services.watchd.main",
+            "watches the node for its operator: records every daemon's heartbeat (what "
+            "`lthnctl status` shows), serves the Prometheus metrics on loopback and writes "
+            "the audit log file from the ledger.",
+            priority=100, stopwaitsecs=5),
     Program("squid", "lthn-squid", "services.proxy.run_squid",
             "renders squid's config from the node config and runs squid in the "
             "foreground: the loopback forward proxy that fetches for clients and refuses "

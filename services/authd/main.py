@@ -56,6 +56,13 @@ class AuthDaemon(Daemon):
         """SIGHUP: nothing to re-read; rebuild haproxy's list from the ledger at once."""
         self.map_sync.resync("reload")
 
+    def refresh(self) -> str:
+        done = self.map_sync.resync("asked")
+        if done is None:
+            return f"{self.control.process}: haproxy did not answer; map not resynced"
+        return (f"{self.control.process}: resynced haproxy's map with the ledger "
+                f"({done[0]} added, {done[1]} removed)")
+
     def periodic_resync(self) -> None:
         self.map_sync.resync("periodic")
 

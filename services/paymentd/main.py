@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 
 import zmq
 
@@ -48,6 +49,8 @@ class Paymentd(Daemon):
         self.state = Wallet.UNKNOWN
         self.failures = 0
         self.height = 0
+        self.last_ok = 0.0      # unix time of the last good poll (lthnctl status)
+        self.error = ""         # the last poll's error, "" after a good one
 
     def start(self) -> None:
         log.info("paymentd: watching %s wallet at %s every %.2f s, from block %d",
@@ -63,17 +66,42 @@ class Paymentd(Daemon):
     # --- one poll, then schedule the next ---
 
     def poll(self) -> None:
+        self.poll_now()
+        self.timers.after(self.next_delay(), self.poll)
+
+    def poll_now(self) -> None:
+        stats = self.control.stats
         try:
             self.poll_once()
         except WalletError as exc:
+            stats.count("wallet_polls_total", {"result": "error"})
             self.wallet_down(str(exc))
         except Exception as exc:
             # a bug must not stop crediting for good: log it, back off, try again
             log.exception("paymentd: poll failed")
+            stats.count("wallet_polls_total", {"result": "error"})
             self.wallet_down(f"internal error: {type(exc).__name__}")
         else:
+            stats.count("wallet_polls_total", {"result": "ok"})
+            self.last_ok, self.error = time.time(), ""
             self.wallet_up()
-        self.timers.after(self.next_delay(), self.poll)
+        stats.gauge("wallet_up", 1 if self.state is Wallet.UP else 0)
+        stats.gauge("wallet_height", self.height)
+
+    # --- lthnctl (issue #19) ---
+
+    def status_details(self) -> dict:
+        return {"wallet": self.state.value, "url": self.config.wallet.url,
+                "height": self.height, "scanned": self.crediting.scan_height(self.ledger),
+                "last_poll_ok": self.last_ok, "failures": self.failures,
+                "error": self.error}
+
+    def refresh(self) -> str:
+        """Poll the wallet now (the next timed poll still comes when it was due)."""
+        self.poll_now()
+        if self.state is Wallet.UP:
+            return f"paymentd: polled the wallet, height {self.height}"
+        return f"paymentd: polled the wallet: {self.state.value.lower()} ({self.error})"
 
     def poll_once(self) -> None:
         self.wallet.refresh()
@@ -123,6 +151,7 @@ class Paymentd(Daemon):
 
     def wallet_down(self, error: str) -> None:
         self.failures += 1
+        self.error = error[:200]
         if self.state is Wallet.DOWN:
             log.debug("wallet %s: still down (%s)", self.config.wallet.url, error)
             return

@@ -151,6 +151,17 @@ class Sessiond(Daemon):
             log.debug("tick: cut done %.1f ms after the tick began",
                       (time.monotonic() - began) * 1000)
 
+    # --- lthnctl (issue #19) ---
+    def status_details(self) -> dict:
+        return {"open_sessions": len(self.book.open), "tracking": self.tracking,
+                "haproxy": self.trouble or "ok"}
+
+    def refresh(self) -> str:
+        """Reconcile now: sessions from haproxy, charges, cuts (charging works from the
+        ledger's times, so an extra tick charges nothing twice)."""
+        self.tick()
+        return f"sessiond: reconciled, {len(self.book.open)} open sessions"
+
     # --- cutting ---
     def on_message(self, env: Envelope) -> None:
         msg = env.message

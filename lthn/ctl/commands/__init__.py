@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from lthn.ctl.commands import authid_show, config_check, config_sample, outbox
+from lthn.ctl.commands import authid_show, config_check, config_sample, loglevel, outbox, status
 
-COMMANDS = [config_check, config_sample, authid_show, outbox]
+COMMANDS = [config_check, config_sample, status, authid_show, loglevel, outbox]
