@@ -122,8 +122,9 @@ class Daemon:
         """A valid bus message arrived."""
 
     def reload(self) -> None:
-        """SIGHUP: re-read what can change without a restart."""
-        log.info("%s: reload asked; nothing to reload", self.name)
+        """SIGHUP: re-read the config and apply what can change without a restart (the
+        log level); say what else changed and needs one (#19)."""
+        self.control.reload_config()
 
     def stop(self) -> None:
         """Called once after the loop, before the bus and ledger close."""

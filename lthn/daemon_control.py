@@ -7,11 +7,13 @@ request is answered between two turns of the loop, never while a transaction is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from lthn import config as config_mod
 from lthn.control import Asked, ControlServer, Handler, Refused, process_name
 from lthn.requests import (
     DaemonInfo,
@@ -24,6 +26,7 @@ from lthn.requests import (
     Request,
     SetLogLevel,
 )
+from lthn.schema import ConfigError
 from lthn.stats import Stats
 from lthn.version import VERSION
 
@@ -56,6 +59,27 @@ class DaemonControl:
 
     def close(self) -> None:
         self.server.close()
+
+    def reload_config(self) -> None:
+        """Re-read the config file: a mistake keeps the running config (logged); the log
+        level applies at once; other changes are named, to be applied by a restart."""
+        old = self.daemon.config
+        try:
+            new = config_mod.load(old.source)
+        except ConfigError as exc:
+            log.error("%s: reload: %s; keeping the running config", self.process, exc)
+            return
+        logging.getLogger().setLevel(new.log_level.upper())
+        changed = [f.name for f in dataclasses.fields(new)
+                   if f.init and f.name != "log_level"
+                   and getattr(new, f.name) != getattr(old, f.name)]
+        if changed:
+            log.warning("%s: reload: log level %s; %s changed: restart %s to apply "
+                        "(lthn-node ctl restart %s)", self.process, new.log_level,
+                        ", ".join(changed), self.daemon.name, self.daemon.name)
+        else:
+            log.info("%s: reload: log level %s; nothing else changed", self.process,
+                     new.log_level)
 
     # --- the requests every daemon answers ---
     def on_status(self, _req: DaemonStatus, _asked: Asked) -> DaemonInfo:

@@ -497,6 +497,12 @@ class Ledger:
         return [BanRow(*r) for r in self.conn.execute(
             f"SELECT {_BAN_COLS} FROM bans WHERE expires > ? ORDER BY expires, ip", (at,))]
 
+    def bans_ended(self, since: float, until: float) -> list[BanRow]:
+        """Bans whose end falls in (since, until]: expired, or lifted by hand."""
+        return [BanRow(*r) for r in self.conn.execute(
+            f"SELECT {_BAN_COLS} FROM bans WHERE expires > ? AND expires <= ? ORDER BY ip",
+            (since, until))]
+
     def outbox_depth(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
@@ -787,12 +793,6 @@ class Tx:
             f"UPDATE bans SET expires = ? WHERE ip = ? AND expires > ? RETURNING {_BAN_COLS}",
             (self.now, ip, self.now)).fetchone()
         return BanRow(*row) if row else None
-
-    def expired_bans(self, since: float) -> list[BanRow]:
-        """Bans that ran out after `since` and by now (each reported once by its caller)."""
-        return [BanRow(*r) for r in self.conn.execute(
-            f"SELECT {_BAN_COLS} FROM bans WHERE expires > ? AND expires <= ?",
-            (since, self.now))]
 
     # --- audit and outbox: every change of money or access passes here ---
     def audit(self, actor: str, event: str, authid: str, **detail: Any) -> None:

@@ -148,6 +148,24 @@ class AccessRefused(Message):
     kind: str
 
 
+# --- bans (firewalld owns them; enforcement at haproxy/OpenVPN/nftables is issue #17) ---
+
+@message("ban.added")
+class BanAdded(Message):
+    """A source address or network is banned until expires (unix time); firewalld owns bans."""
+    source: str
+    reason: str
+    expires: float
+    count: int
+
+
+@message("ban.lifted")
+class BanLifted(Message):
+    """A ban ended: it expired, or was lifted by hand (reason says which)."""
+    source: str
+    reason: str
+
+
 # --- control ---
 
 @message("control.resync")
@@ -158,7 +176,7 @@ class ControlResync(Message):
 
 @message("node.heartbeat")
 class NodeHeartbeat(Message):
-    """A daemon is alive (sent every few seconds)."""
+    """A daemon process (its supervisord name: authd_0) is alive; sent every few seconds."""
     daemon: str
     pid: int
 
@@ -168,7 +186,7 @@ CATALOGUE: dict[str, type[Message]] = {
         PaymentCredited, PaymentConfirmed, PaymentRevoked, PaymentRejected, WalletState,
         AuthidActivated, AuthidDeactivated, AuthidCharged,
         SessionOpened, SessionClosed, SessionCut,
-        AccessRefused, ControlResync, NodeHeartbeat,
+        AccessRefused, BanAdded, BanLifted, ControlResync, NodeHeartbeat,
     )
 }
 

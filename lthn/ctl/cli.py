@@ -10,6 +10,13 @@ from lthn.ctl.commands import COMMANDS
 from lthn.ctl.context import CommandError
 
 
+def summary(doc: str) -> str:
+    """A command's one-line help: the first sentence of its docstring."""
+    first = " ".join(doc.split("\n\n")[0].split())
+    end = first.find(". ")
+    return first[:end + 1] if end > 0 else first
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lthnctl", description="Operate a Lethean exit node.")
     config_argument(parser)
@@ -20,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (module.__doc__ or "").strip()
         if not verb:
             # a one-word command (`lthnctl status`)
-            sub = groups.add_parser(group, help=doc.splitlines()[0], description=doc,
+            sub = groups.add_parser(group, help=summary(doc), description=doc,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
             module.arguments(sub)
             sub.set_defaults(module=module)
@@ -28,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         if group not in subgroups:
             holder = groups.add_parser(group, help=f"{group} commands")
             subgroups[group] = holder.add_subparsers(dest="verb", metavar="VERB", required=True)
-        sub = subgroups[group].add_parser(verb, help=doc.splitlines()[0], description=doc,
+        sub = subgroups[group].add_parser(verb, help=summary(doc), description=doc,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.arguments(sub)
         sub.set_defaults(module=module)

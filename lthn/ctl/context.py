@@ -181,3 +181,40 @@ def duration(seconds: float) -> str:
     return f"{days}d {text}" if days else text
 
 
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """`90`, `90s`, `30m`, `12h`, `7d` -> seconds; a usage error otherwise."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:], None)
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise CommandError(EXIT_CONFIG, f'{what}: must be a duration like 90s, 30m, 12h or '
+                           f'7d (got "{text}")') from None
+    if not value > 0:
+        raise CommandError(EXIT_CONFIG, f'{what}: must be longer than 0 (got "{text}")')
+    return value
+
+
+def reason_argument(parser: Any, default: str | None = None) -> None:
+    """--reason: why, in the audit log (required for changes of money or access)."""
+    if default is None:
+        parser.add_argument("--reason", required=True,
+                            help="why (written to the audit log with your user name)")
+    else:
+        parser.add_argument("--reason", default=default,
+                            help=f'why (audit log; default "{default}")')
+
+
+def check_reason(text: str) -> str:
+    reason = " ".join(text.split())
+    if not reason:
+        raise CommandError(EXIT_CONFIG, "--reason: must not be empty")
+    if len(reason) > 200:
+        raise CommandError(EXIT_CONFIG, f"--reason: at most 200 characters (got {len(reason)})")
+    return reason

@@ -53,7 +53,8 @@ class AuthDaemon(Daemon):
                  self.config.proxy.status_port, contract.refusal_log_port(self.config))
 
     def reload(self) -> None:
-        """SIGHUP: nothing to re-read; rebuild haproxy's list from the ledger at once."""
+        """SIGHUP: re-read the config (log level), rebuild haproxy's list from the ledger."""
+        super().reload()
         self.map_sync.resync("reload")
 
     def refresh(self) -> str:

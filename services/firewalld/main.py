@@ -20,10 +20,16 @@ from __future__ import annotations
 import logging
 import time
 
+import zmq
+
 from lthn.bus import Envelope
+from lthn.config import Config
 from lthn.daemon import Daemon, run_daemon
+from lthn.ledger import Ledger
 from lthn.messages import AccessRefused
 from lthn.refusals import Refusal
+from lthn.requests import AddBan, LiftBan
+from services.firewalld.manual_bans import ManualBans
 from services.firewalld.refusal_counter import RefusalCounter
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,17 @@ log = logging.getLogger(__name__)
 class Firewalld(Daemon):
     name = "firewalld"
     prefixes = ["access.refused"]
+
+    def __init__(self, config: Config, ctx: zmq.Context, ledger: Ledger) -> None:
+        super().__init__(config, ctx, ledger)
+        # bans by hand (issue #19): stored, listed and published; enforced by issue #17
+        self.bans = ManualBans(ledger)
+        self.control.answer(AddBan, self.bans.add)
+        self.control.answer(LiftBan, self.bans.lift)
+        self.timers.every(1.0, self.bans.sweep, first=1.0)
+
+    def status_details(self) -> dict:
+        return {"bans": len(self.ledger.bans())}
 
     def start(self) -> None:
         settings = self.config.firewall

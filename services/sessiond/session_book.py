@@ -17,6 +17,8 @@ from lthn.messages import SessionClosed, SessionOpened
 
 log = logging.getLogger(__name__)
 
+ACTOR = "sessiond"
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -76,6 +78,9 @@ class SessionBook:
             reason = f"cut, {session.cut_reason}" if session.cut_reason else gone_reason
             # OPEN -> CLOSED
             tx.close_session(session.id, reason, session.bytes_in, session.bytes_out)
+            tx.audit(ACTOR, "session closed", session.authid, session_id=session.id,
+                     kind=self.kind, reason=reason, bytes_in=session.bytes_in,
+                     bytes_out=session.bytes_out)
             tx.emit(SessionClosed(session_id=session.id, kind=self.kind,
                                   authid=session.authid, reason=reason,
                                   bytes_in=session.bytes_in, bytes_out=session.bytes_out))
@@ -89,6 +94,8 @@ class SessionBook:
             if session is None:
                 # (none) -> OPEN
                 sid = tx.open_session(self.kind, seen.authid, seen.source, ref)
+                tx.audit(ACTOR, "session opened", seen.authid, session_id=sid,
+                         kind=self.kind, source=seen.source)
                 self.open[ref] = _Open(sid, seen.authid, seen.base_in, seen.base_out, 0, 0)
                 tx.emit(SessionOpened(session_id=sid, kind=self.kind, authid=seen.authid,
                                       source=seen.source))

@@ -18,11 +18,13 @@ import zmq
 from lthn.authid import short
 from lthn.bus import Envelope
 from lthn.config import Config
+from lthn.control import Asked, Refused
 from lthn.daemon import Daemon
 from lthn.haproxy import contract
 from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated, ControlResync, SessionCut
+from lthn.requests import KillSession, SessionKilled
 from services.sessiond import charging
 from services.sessiond.proxy_sessions import HaproxyTrouble, ProxyAdapter
 from services.sessiond.session_book import Observed, SessionBook
@@ -60,6 +62,7 @@ class Sessiond(Daemon):
         self.trouble = ""              # the last haproxy problem logged (logged once)
         self.log_trouble = False       # the request-log port could not be bound (logged)
         self.stuck: set[str] = set()   # authids cut but still live (logged once)
+        self.control.answer(KillSession, self.on_kill)
 
     def start(self) -> None:
         if self.adapter is not None:
@@ -156,6 +159,25 @@ class Sessiond(Daemon):
         return {"open_sessions": len(self.book.open), "tracking": self.tracking,
                 "haproxy": self.trouble or "ok"}
 
+    def on_kill(self, req: KillSession, asked: Asked) -> SessionKilled:
+        """Cut an open session's live connections now; the authid stays active, so its
+        client may connect again (`authid revoke` refuses it for good)."""
+        row = self.ledger.session(req.session_id)
+        if row is None:
+            raise Refused(f"session {req.session_id}: not in the ledger")
+        if row.state != "OPEN":
+            raise Refused(f"session {req.session_id}: already closed ({row.end_reason})")
+        if self.adapter is None:
+            raise Refused("sessions are not tracked (sessions.tracking is false): "
+                          "nothing to cut")
+        if row.kind != self.adapter.kind:
+            raise Refused(f"session {req.session_id} is a {row.kind} session; sessiond "
+                          f"cuts {self.adapter.kind} sessions")
+        reason = f"killed by {asked.actor}: {req.reason}"
+        counts = self.cut({row.authid: reason}, actor=asked.actor)
+        return SessionKilled(session_id=row.id, authid=row.authid, kind=row.kind,
+                             connections=counts.get(row.authid, 0))
+
     def refresh(self) -> str:
         """Reconcile now: sessions from haproxy, charges, cuts (charging works from the
         ledger's times, so an extra tick charges nothing twice)."""
@@ -170,7 +192,7 @@ class Sessiond(Daemon):
         elif isinstance(msg, ControlResync):
             self.hints = charging.Hints()   # re-read every authid's sessions next tick
 
-    def cut(self, reasons: dict[str, str]) -> dict[str, int]:
+    def cut(self, reasons: dict[str, str], actor: str = charging.ACTOR) -> dict[str, int]:
         """Cut the live sessions of each authid (never with tracking off): streams first,
         all at once, then one transaction for the audit lines and SessionCut messages."""
         if self.adapter is None:
@@ -185,7 +207,7 @@ class Sessiond(Daemon):
         if done:
             with self.ledger.transaction() as tx:
                 for authid, count in done.items():
-                    tx.audit(charging.ACTOR, "cut", authid, connections=count,
+                    tx.audit(actor, "cut", authid, connections=count,
                              reason=reasons[authid])
                     tx.emit(SessionCut(authid=authid, kind=self.adapter.kind,
                                        connections=count, reason=reasons[authid]))

@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
-from lthn.ctl.commands import authid_show, config_check, config_sample, loglevel, outbox, status
+from lthn.ctl.commands import (
+    authid_list,
+    authid_show,
+    ban_add,
+    ban_del,
+    ban_list,
+    config_check,
+    config_sample,
+    loglevel,
+    outbox,
+    refresh,
+    reload,
+    session_kill,
+    session_list,
+    session_show,
+    status,
+)
 
-COMMANDS = [config_check, config_sample, status, authid_show, loglevel, outbox]
+COMMANDS = [
+    config_check, config_sample,
+    status, refresh, reload, loglevel, outbox,
+    authid_list, authid_show,
+    session_list, session_show, session_kill,
+    ban_list, ban_add, ban_del,
+]
