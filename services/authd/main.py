@@ -9,6 +9,7 @@ main(): args -> config -> ledger, bus -> AuthDaemon.run(). What it does:
 from __future__ import annotations
 
 import logging
+import time
 
 import zmq
 
@@ -39,7 +40,7 @@ class AuthDaemon(Daemon):
         admin = HaproxyAdmin(contract.admin_socket_path(config), timeout=5.0)
         self.map_sync = MapSync(admin, contract.authid_map_path(config), ledger,
                                 config.state / "run" / "authd-map.lock")
-        self.status = StatusAnswerer(config)
+        self.status = StatusAnswerer(config, self.control.stats)
         self.refusals = RefusalListener(contract.refusal_log_port(config))
 
     def start(self) -> None:
@@ -72,6 +73,9 @@ class AuthDaemon(Daemon):
         if isinstance(msg, AuthidActivated | AuthidDeactivated):
             # the ledger decides, not the message: replays and reordering stay harmless
             self.map_sync.apply(msg.authid)
+            if isinstance(msg, AuthidActivated):
+                # committed activation -> in haproxy's map: how long admission takes (#19)
+                self.control.stats.observe("admission_seconds", time.time() - env.ts)
         elif isinstance(msg, ControlResync):
             log.info("authd: resync asked by %s (%s)", env.sender, msg.reason)
             self.map_sync.resync("asked")

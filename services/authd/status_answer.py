@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -24,6 +25,7 @@ from lthn.authid import AuthidError, parse_authid, short
 from lthn.config import Config
 from lthn.ledger import Ledger
 from lthn.refusals import OK, Refusal
+from lthn.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +114,11 @@ class _Server(HTTPServer):
     allow_reuse_address = True
     daemon_threads = True
 
-    def __init__(self, config: Config, address: tuple[str, int]) -> None:
+    def __init__(self, config: Config, address: tuple[str, int],
+                 stats: Stats | None = None) -> None:
         self.config = config
         self.ledger: Ledger | None = None  # opened in the serving thread (sqlite is per thread)
+        self.stats = stats or Stats()      # decisions and their latency, for watchd (#19)
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -129,11 +133,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self) -> None:
         assert self.server.ledger is not None
+        began = time.perf_counter()
         try:
             result = answer(self.server.config, self.server.ledger, self.headers)
         except Exception:
             log.exception("status: failed to answer %s", self.path[:100])
             result = Answer.refused(Refusal.CONNECTION_ERROR)
+        self.server.stats.observe("auth_decision_seconds", time.perf_counter() - began)
+        self.server.stats.count("auth_decisions_total", {"decision": result.reason})
         self.send_response(result.status, result.reason)
         self.send_header(refusals.HEADER, result.reason)
         self.send_header("Content-Type", result.content_type)
@@ -154,9 +161,9 @@ class _Handler(BaseHTTPRequestHandler):
 class StatusAnswerer:
     """A small HTTP server on 127.0.0.1:proxy.status_port, in its own thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, stats: Stats | None = None) -> None:
         self.config = config
-        self.server = _Server(config, ("127.0.0.1", config.proxy.status_port))
+        self.server = _Server(config, ("127.0.0.1", config.proxy.status_port), stats)
         self.thread = threading.Thread(target=self._serve, name="status", daemon=True)
 
     def start(self) -> None:

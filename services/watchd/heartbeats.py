@@ -7,6 +7,7 @@ intervals (`DOWN_AFTER`), so `status` shows a hung or vanished daemon within two
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,20 +29,24 @@ class Beat:
 class HeartbeatBook:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.lock = threading.Lock()   # the metrics thread reads while the loop writes
         self.beats: dict[str, Beat] = {}
 
     def seen(self, env: Envelope) -> None:
         msg = env.message
         assert isinstance(msg, NodeHeartbeat)
-        self.beats[msg.daemon] = Beat(msg.daemon, msg.pid, env.sender, self.clock())
+        with self.lock:
+            self.beats[msg.daemon] = Beat(msg.daemon, msg.pid, env.sender, self.clock())
 
     def entries(self) -> list[dict]:
         """Every process heard, as the `watchd.heartbeats` reply lists them."""
         now = self.clock()
+        with self.lock:
+            beats = list(self.beats.values())
         return [{"daemon": b.sender.split(".", 1)[0], "process": b.process, "pid": b.pid,
                  "sender": b.sender, "last_seen": b.last_seen,
                  "age": round(now - b.last_seen, 3)}
-                for b in sorted(self.beats.values(), key=lambda b: b.process)]
+                for b in sorted(beats, key=lambda b: b.process)]
 
 
 def is_up(age: float, interval: float) -> bool:

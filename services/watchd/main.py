@@ -19,9 +19,13 @@ from lthn.daemon import Daemon, run_daemon
 from lthn.ledger import Ledger
 from lthn.messages import NodeHeartbeat
 from lthn.requests import GetHeartbeats, Heartbeats
+from services.watchd.audit_file import AuditFile
 from services.watchd.heartbeats import HeartbeatBook
+from services.watchd.metrics import BusCounts, MetricsServer, NodeCollector
 
 log = logging.getLogger(__name__)
+
+AUDIT_EVERY = 0.5   # seconds between looks at the ledger's audit table
 
 
 class Watchd(Daemon):
@@ -32,8 +36,50 @@ class Watchd(Daemon):
         super().__init__(config, ctx, ledger)
         self.heartbeats = HeartbeatBook()
         self.control.answer(GetHeartbeats, self.on_heartbeats)
+        self.bus_counts = BusCounts()
+        assert self.subscriber is not None
+        subscriber = self.subscriber
+        self.collector = NodeCollector(config, self.bus_counts, self.heartbeats,
+                                       lambda: subscriber.dropped, Ledger.open)
+        self.metrics: MetricsServer | None = None
+        self.metrics_trouble = ""
+        self.audit = AuditFile(config, ledger)
+
+    def start(self) -> None:
+        if self.config.metrics.enabled:
+            self.serve_metrics()
+        log.info("watchd: audit log %s (%s), from audit row %d", self.audit.path,
+                 "anonymised" if self.audit.anonymise else "in full", self.audit.last_id + 1)
+        self.timers.every(AUDIT_EVERY, self.follow_audit)
+
+    def follow_audit(self) -> None:
+        written = self.audit.follow()
+        if written:
+            self.control.stats.count("audit_lines_written_total", by=written)
+
+    def serve_metrics(self) -> None:
+        """Listen for Prometheus; if the port is taken, say so once and retry every 10 s."""
+        m = self.config.metrics
+        try:
+            self.metrics = MetricsServer(self.config, self.collector)
+        except OSError as exc:
+            trouble = exc.strerror or str(exc)
+            if trouble != self.metrics_trouble:
+                log.error("watchd: cannot serve metrics on %s:%d (%s); check metrics.port; "
+                          "retrying every 10 s", m.bind, m.port, trouble)
+                self.metrics_trouble = trouble
+            self.timers.after(10.0, self.serve_metrics)
+            return
+        self.metrics_trouble = ""
+        log.info("watchd: Prometheus metrics on http://%s:%d/metrics", m.bind, m.port)
+
+    def stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        self.follow_audit()   # what committed before the stop is in the file
 
     def on_message(self, env: Envelope) -> None:
+        self.bus_counts.seen(env)
         if isinstance(env.message, NodeHeartbeat):
             self.heartbeats.seen(env)
 
@@ -42,7 +88,9 @@ class Watchd(Daemon):
                           daemons=self.heartbeats.entries())
 
     def status_details(self) -> dict:
-        return {"heard": len(self.heartbeats.beats)}
+        return {"heard": len(self.heartbeats.beats),
+                "metrics": f"{self.config.metrics.bind}:{self.config.metrics.port}"
+                if self.metrics is not None else "off"}
 
 
 def main(argv: list[str] | None = None) -> int:
