@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
+from typing import Any
 
 from lthn.config import Config
 from lthn.schema import describe, type_name
@@ -16,22 +18,19 @@ SAMPLE_SERVICE = {
 }
 
 
-def _emit(cls: type, indent: str, out: list[str]) -> None:
+def _emit(cls: type, indent: str, out: list[str], values: dict[str, Any],
+          prefix: str = "") -> None:
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if not field.init:
             continue
         hint = hints[field.name]
         doc = field.metadata.get("doc", "")
+        path = f"{prefix}{field.name}"
         out.append(f"{indent}# {doc} ({type_name(hint)})")
         if dataclasses.is_dataclass(hint):
             out.append(f"{indent}{field.name}:")
-            if field.name == "provider":
-                out.append(f"{indent}  # id: 64 hex characters (required)")
-                out.append(f"{indent}  id: \"{SAMPLE_PROVIDER_ID}\"")
-                out.append(f"{indent}  name: \"Lethean exit node\"")
-                continue
-            _emit(hint, indent + "  ", out)
+            _emit(hint, indent + "  ", out, values, path + ".")
         elif field.name == "services":
             out.append(f"{indent}services:")
             first = True
@@ -40,6 +39,8 @@ def _emit(cls: type, indent: str, out: list[str]) -> None:
                 shown = f'"{value}"' if isinstance(value, str) else value
                 out.append(f"{indent}  {lead}{key}: {shown}")
                 first = False
+        elif path in values:
+            out.append(f"{indent}{field.name}: {json.dumps(values[path])}")
         else:
             default = field.default if field.default is not dataclasses.MISSING \
                 else field.default_factory()  # type: ignore[misc]
@@ -49,8 +50,10 @@ def _emit(cls: type, indent: str, out: list[str]) -> None:
             out.append(f"{indent}{field.name}: {shown}")
 
 
-def sample() -> str:
+def sample(values: dict[str, Any] | None = None) -> str:
+    """The commented config; `values` ({"provider.id": ..., "state_dir": ...}) replace the
+    sample's values for those keys (what `lthn-node init` writes)."""
     out = ["# Lethean exit node config. Every key is optional unless marked required.",
            "# Check it with: lthnctl -c FILE config check", ""]
-    _emit(Config, "", out)
+    _emit(Config, "", out, {"provider.id": SAMPLE_PROVIDER_ID} | (values or {}))
     return "\n".join(out) + "\n"

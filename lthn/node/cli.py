@@ -1,5 +1,7 @@
 """lthn-node: run the whole node under supervisord, operate it, or run the demo.
 
+    lthn-node init DIR [--endpoint HOST ...]          a new node: keys, certificates, config,
+                                                      signed sdp.json
     lthn-node run -c CONFIG [--without PROGRAM ...]   check, prepare, exec supervisord
     lthn-node ctl -c CONFIG ARGS...                   supervisorctl on this node's socket
                                                       (`authd` means all authd processes)
@@ -24,6 +26,7 @@ from lthn.config import Config
 from lthn.demo import demo
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED
 from lthn.ledger import Ledger, LedgerError
+from lthn.node import init as init_mod
 from lthn.node.programs import NAMES
 from lthn.node.supervision import (
     check_environment,
@@ -113,6 +116,11 @@ def cmd_demo_pay(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lthn-node", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    init = commands.add_parser("init", help="make a new node in DIR: provider key, "
+                               "certificates, config, signed sdp.json")
+    init_mod.arguments(init)
+    init.set_defaults(func=init_mod.run)
 
     run = commands.add_parser("run", help="run the node under supervisord (foreground)")
     config_argument(run)

@@ -14,6 +14,8 @@ from lthn.ctl.commands import (
     outbox,
     refresh,
     reload,
+    sdp_sign,
+    sdp_verify,
     session_kill,
     session_list,
     session_show,
@@ -26,4 +28,5 @@ COMMANDS = [
     authid_list, authid_show,
     session_list, session_show, session_kill,
     ban_list, ban_add, ban_del,
+    sdp_verify, sdp_sign,
 ]
