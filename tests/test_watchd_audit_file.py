@@ -11,7 +11,8 @@ import pytest
 
 from lthn.config import parse
 from lthn.ledger import Ledger
-from services.watchd.audit_file import AuditFile, address_of, anonymise_address
+from lthn.sources import network_of
+from services.watchd.audit_file import AuditFile, anonymise_address
 
 AUTHID = "1A00112233445566"
 
@@ -49,7 +50,7 @@ def lines(path: Path) -> list[dict]:
     ("[2001:db8:1:2::7]:443", "2001:db8:1::/48"),
 ])
 def test_an_address_is_reduced_to_its_24_or_48(text, network):
-    assert str(address_of(text)) == network
+    assert str(network_of(text)) == network
 
 
 def test_anonymised_lines_hide_the_address_and_most_of_the_authid(tmp_path, ledger):

@@ -8,9 +8,9 @@ Each change is one ledger transaction: the ban row, its audit line and its bus m
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
+from lthn import sources
 from lthn.control import Asked, Refused
 from lthn.ledger import Ledger
 from lthn.messages import BanAdded, BanLifted
@@ -23,15 +23,10 @@ MAX_SECONDS = 10 * 365 * 86400
 
 
 def canonical_source(text: str) -> str:
-    """`203.0.113.7` -> itself, `203.0.113.7/24` -> `203.0.113.0/24`, `::1/128` -> `::1`;
-    Refused when it is neither an address nor a network."""
     try:
-        network = ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise Refused(f'"{text[:60]}" is not an IP address or network (CIDR)') from None
-    if network.num_addresses == 1:
-        return str(network.network_address)
-    return str(network)
+        return sources.canonical(text)
+    except sources.SourceError as exc:
+        raise Refused(str(exc)) from None
 
 
 class ManualBans:

@@ -22,7 +22,6 @@ of one network can be told apart from another's without naming it. Rotated by si
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 from lthn.config import Config
 from lthn.ledger import AuditRow, Ledger
+from lthn.sources import network_of
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +53,8 @@ def load_salt(path: Path) -> bytes:
     return bytes.fromhex(salt)
 
 
-def address_of(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    """The network to hash for a source: `203.0.113.7:5123`, `[2001:db8::1]:443`,
-    `203.0.113.7`, `203.0.113.0/24` -> its /24 or /48 (or the wider network itself)."""
-    raw = text.strip()
-    if raw.startswith("["):
-        raw = raw[1:].split("]", 1)[0]
-    elif raw.count(":") == 1:
-        raw = raw.split(":", 1)[0]
-    try:
-        network = ipaddress.ip_network(raw, strict=False)
-    except ValueError:
-        return None
-    keep = 24 if network.version == 4 else 48
-    if network.prefixlen <= keep:
-        return network
-    return network.supernet(new_prefix=keep)
-
-
 def anonymise_address(text: str, salt: bytes) -> str:
-    network = address_of(text)
+    network = network_of(text)
     if network is None:
         return "" if not text else "unparsed-" + _hash(text, salt)
     return f"net{network.version}-" + _hash(str(network), salt)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 
+from lthn import sources
 from lthn.ctl.context import (
+    CommandError,
     ask,
     check_reason,
     load_config,
@@ -21,7 +23,7 @@ from lthn.ctl.context import (
     print_json,
     reason_argument,
 )
-from lthn.exits import EXIT_OK
+from lthn.exits import EXIT_CONFIG, EXIT_OK
 from lthn.requests import AddBan
 
 NAME = "ban add"
@@ -38,9 +40,13 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    try:
+        address = sources.canonical(args.address)
+    except sources.SourceError as exc:
+        raise CommandError(EXIT_CONFIG, f"address: {exc}") from None
     seconds = parse_duration(args.duration, "--for")
     reason = check_reason(args.reason)
-    done = ask(config, "firewalld", AddBan(address=args.address, seconds=seconds,
+    done = ask(config, "firewalld", AddBan(address=address, seconds=seconds,
                                            reason=reason), timeout=5.0)
     if args.json:
         print_json({"address": done.address, "reason": done.reason, "expires": done.expires})

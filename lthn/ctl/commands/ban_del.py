@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from lthn import sources
 from lthn.ctl.context import (
     CommandError,
     ask,
@@ -15,7 +16,7 @@ from lthn.ctl.context import (
     print_json,
     reason_argument,
 )
-from lthn.exits import EXIT_FAILED, EXIT_OK
+from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from lthn.requests import LiftBan
 
 NAME = "ban del"
@@ -30,7 +31,11 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    done = ask(config, "firewalld", LiftBan(address=args.address,
+    try:
+        address = sources.canonical(args.address)
+    except sources.SourceError as exc:
+        raise CommandError(EXIT_CONFIG, f"address: {exc}") from None
+    done = ask(config, "firewalld", LiftBan(address=address,
                                             reason=check_reason(args.reason)), timeout=5.0)
     if args.json:
         print_json({"address": done.address, "lifted": done.changed})

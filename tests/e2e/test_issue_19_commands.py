@@ -1,0 +1,225 @@
+"""Issue 19: lthnctl's commands against one running node (every program, real haproxy and
+squid, no wallet): bans, refresh, reload, metrics scraped and parsed, and the audit log.
+The proxy path (grant, kill, revoke, money by hand) is in test_issue_19_access.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from lthn.bus import Subscriber
+from lthn.config import load as load_config
+from lthn.control import unix_user
+from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from tests.fixtures.common import free_port, wait_for
+from tests.fixtures.ctl import lthnctl, lthnctl_with, table
+from tests.fixtures.node import ALL_PROGRAMS, Node, default_config, merge
+from tests.fixtures.proxy import Origin, ProxyClient, TcpListener, _origin_handler
+
+INTERVAL = 1.0
+
+
+class Rig:
+    """A node with every program, an HTTP and a TCP origin on loopback, a bus listener."""
+
+    def __init__(self, directory: Path) -> None:
+        self.origin = Origin(port=0)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _origin_handler(self.origin))
+        self.origin.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.tcp = TcpListener(b"hello from the tcp origin\n")
+        self.metrics_port = free_port()
+        config = merge(default_config(directory / "state"), {
+            "bus": {"heartbeat_interval": INTERVAL},
+            "metrics": {"port": self.metrics_port},
+            "sessions": {"tick": 0.5},
+            "proxy": {"allow_destinations": [f"127.0.0.1:{self.origin.port}",
+                                             f"127.0.0.1:{self.tcp.port}"]},
+        })
+        self.node = Node(directory, config, ALL_PROGRAMS)
+        self.node.start()
+        self.config = load_config(self.node.config_path)
+        self.client = ProxyClient("127.0.0.1", self.config.proxy.port,
+                                  self.config.state / "tls" / "ca.pem")
+        self.ctx = zmq.Context()
+        self.bus = Subscriber(self.ctx, self.config.subscribe_endpoint,
+                              ["ban.", "session.", "authid.", "access."])
+        self.seen: list = []
+        wait_for(lambda: self.client.request("GET", self.origin.url("/")).status == 403,
+                 timeout=20, what="haproxy answering")
+
+    def messages(self, topic: str) -> list:
+        self.seen += self.bus.drain()
+        return [e.message for e in self.seen if e.topic == topic]
+
+    def wait_message(self, topic: str, match=lambda m: True, timeout: float = 10.0):
+        return wait_for(lambda: next((m for m in self.messages(topic) if match(m)), None),
+                        timeout=timeout, what=f"{topic} on the bus")
+
+    def ctl(self, *args: str):
+        return lthnctl(self.node, *args)
+
+    def scrape(self) -> dict:
+        """{metric family name: family} from a real scrape, parsed by prometheus_client."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    def audit_lines(self) -> list[dict]:
+        path = self.config.audit_log_path
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def close(self) -> None:
+        self.bus.close()
+        self.ctx.destroy(linger=0)
+        self.node.stop()
+        self.server.shutdown()
+        self.server.server_close()
+        self.tcp.close()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    made = Rig(tmp_path_factory.mktemp("issue19cmd"))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def samples(family, **labels) -> list:
+    return [s for s in family.samples
+            if all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+def value(families: dict, name: str, sample: str | None = None, **labels) -> float:
+    found = [s for s in samples(families[name], **labels) if s.name == (sample or name)]
+    assert found, f"no {sample or name} {labels} in {families[name].samples}"
+    return sum(s.value for s in found)
+
+
+def test_ban_add_list_del_with_bus_messages_and_expiry(rig):
+    ran = rig.ctl("ban", "add", "198.51.100.23", "--for", "1h", "--reason", "probing",
+                  "--json")
+    assert ran.code == EXIT_OK, ran.stderr
+    added = ran.json()
+    assert added["address"] == "198.51.100.23" and added["reason"] == "probing"
+    msg = rig.wait_message("ban.added", lambda m: m.source == "198.51.100.23")
+    assert msg.reason == "probing" and msg.expires == pytest.approx(added["expires"])
+    ran = rig.ctl("ban", "add", "198.51.100.77/24", "--for", "2s", "--reason", "scan")
+    assert ran.code == EXIT_OK and ran.stdout.startswith("198.51.100.0/24: banned until")
+    listed = rig.ctl("ban", "list", "--json").json()["bans"]
+    assert [b["address"] for b in listed] == ["198.51.100.0/24", "198.51.100.23"]
+    rows = table(rig.ctl("ban", "list").stdout)
+    assert rows[1]["ADDRESS"] == "198.51.100.23" and rows[1]["REASON"] == "probing"
+    # the short one runs out: ban.lifted "expired", once
+    rig.wait_message("ban.lifted", lambda m: m.source == "198.51.100.0/24", timeout=10)
+    assert [m.reason for m in rig.messages("ban.lifted")
+            if m.source == "198.51.100.0/24"] == ["expired"]
+    assert [b["address"] for b in rig.ctl("ban", "list", "--json").json()["bans"]] == [
+        "198.51.100.23"]
+    ran = rig.ctl("ban", "del", "198.51.100.23")
+    assert ran.code == EXIT_OK and ran.stdout.strip() == "198.51.100.23: ban lifted"
+    assert rig.wait_message("ban.lifted", lambda m: m.source == "198.51.100.23").reason == \
+        "lifted by hand"
+    ran = rig.ctl("ban", "del", "198.51.100.23")
+    assert ran.code == EXIT_FAILED and ran.stderr.strip() == \
+        "Error: 198.51.100.23: not banned"
+    assert rig.ctl("ban", "list").stdout.strip() == "no bans in force"
+    ran = rig.ctl("ban", "add", "not-an-address", "--reason", "x")
+    assert ran.code == EXIT_CONFIG and "is not an IP address or network" in ran.stderr
+    ran = rig.ctl("ban", "add", "198.51.100.5", "--for", "soon", "--reason", "x")
+    assert ran.code == EXIT_CONFIG and "--for: must be a duration" in ran.stderr
+    ran = rig.ctl("ban", "add", "198.51.100.5")
+    assert ran.code == EXIT_CONFIG and "--reason" in ran.stderr
+    # every change is in the audit log, with who did it, and no address in full
+    def audited():
+        events = [(x["event"], x["actor"]) for x in rig.audit_lines()]
+        return events if ("ban expired", "firewalld") in events else None
+    events = wait_for(audited, timeout=10, what="ban lines in the audit log")
+    user = f"lthnctl:{unix_user()}"
+    assert events.count(("banned", user)) == 2 and ("unbanned", user) in events
+    assert "198.51.100" not in rig.config.audit_log_path.read_text()
+
+
+def test_metrics_parse_and_count_what_happened(rig):
+    # a refusal at haproxy (no payment header) and a status answer by authd
+    assert rig.client.request("GET", rig.origin.url("/metrics-probe")).lthn_status == \
+        "NO_PAYMENT"
+    status = urllib.request.Request(
+        f"http://127.0.0.1:{rig.config.proxy.status_port}/status",
+        headers={"X-LTHN-MgmtID": rig.config.provider.id, "X-LTHN-PaymentID": "1A" + "0" * 14})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(status, timeout=10)
+    assert refused.value.code == 403
+
+    def scraped():
+        families = rig.scrape()
+        ok = (samples(families["lthn_refusals"], reason="NO_PAYMENT")
+              and "lthn_auth_decisions" in families and "lthn_wallet_polls" in families)
+        return families if ok else None
+    families = wait_for(scraped, timeout=15, interval=0.3, what="metrics with a refusal")
+    assert value(families, "lthn_refusals", "lthn_refusals_total", reason="NO_PAYMENT") >= 1
+    assert value(families, "lthn_auth_decisions", "lthn_auth_decisions_total",
+                 decision="NO_PAYMENT", process="authd_0") >= 1
+    assert value(families, "lthn_auth_decision_seconds", "lthn_auth_decision_seconds_count",
+                 process="authd_0") >= 1
+    assert families["lthn_auth_decision_seconds"].type == "histogram"
+    assert value(families, "lthn_wallet_polls", "lthn_wallet_polls_total", result="error",
+                 process="paymentd") >= 1
+    assert value(families, "lthn_wallet_up", process="paymentd") == 0
+    assert value(families, "lthn_wallet_height", process="paymentd") == 0
+    for process in ("paymentd", "authd_0", "sessiond", "firewalld", "watchd"):
+        assert value(families, "lthn_daemon_up", process=process) == 1
+        assert value(families, "lthn_daemon_answering", process=process) == 1
+    assert value(families, "lthn_bus_messages", "lthn_bus_messages_total",
+                 topic="node.heartbeat") >= 5
+    assert value(families, "lthn_bus_messages", "lthn_bus_messages_total",
+                 topic="access.refused") >= 1
+    assert value(families, "lthn_authids", state="ACTIVE") == 0
+    assert value(families, "lthn_outbox_depth") == 0
+    for name in ("lthn_bans", "lthn_payments", "lthn_payments_amount_atomic",
+                 "lthn_sessions_open", "lthn_bus_dropped", "lthn_requests"):
+        assert name in families, name
+
+
+def test_refresh_asks_each_owner_and_says_what_it_did(rig):
+    ran = rig.ctl("refresh", "--json")
+    # paymentd answers (its wallet is down), so every process did its part
+    assert ran.code == EXIT_OK, ran.stderr
+    rows = {r["process"]: r for r in ran.json()["processes"]}
+    assert set(rows) == {"paymentd", "sessiond", "authd_0"}
+    assert all(r["ok"] for r in rows.values())
+    assert rows["paymentd"]["detail"].startswith("paymentd: polled the wallet: down")
+    assert rows["sessiond"]["detail"].startswith("sessiond: reconciled")
+    assert "resynced haproxy's map" in rows["authd_0"]["detail"]
+
+
+def test_reload_checks_the_config_first_then_signals_the_daemons(rig, tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(rig.node.config_path.read_text().replace("log_level:", "log_levle:"))
+    ran = lthnctl_with(broken, "reload")
+    assert ran.code == EXIT_CONFIG
+    assert ran.stderr.startswith(f"Error: {broken}: log_levle: unknown key")
+    before = {p: len(rig.node.log_text(p)) for p in ("paymentd", "sessiond", "watchd")}
+    data = yaml.safe_load(rig.node.config_path.read_text())
+    data["firewall"] = {"refusal_threshold": 7}
+    rig.node.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        ran = rig.ctl("reload", "--json")
+        assert ran.code == EXIT_OK, ran.stderr
+        assert set(ran.json()["signalled"]) == {"paymentd", "authd_0", "sessiond",
+                                                 "firewalld", "watchd"}
+        for program, at in before.items():
+            rig.node.wait_log(program, "firewall changed: restart", after=at)
+    finally:
+        rig.node.write_config()
