@@ -22,6 +22,7 @@ class State(enum.Enum):
     PENDING = "PENDING"      # known, never had enough spendable credit
     ACTIVE = "ACTIVE"        # may use the service
     DEPLETED = "DEPLETED"    # was active, credit ran out; a top-up re-activates
+    REVOKED = "REVOKED"      # refused by hand (lthnctl authid revoke); only a grant re-admits
 
 
 def rules_for(config: Config, service: Service) -> Rules:
@@ -38,6 +39,8 @@ def reevaluate(tx: Tx, row: AuthidRow, rules: Rules, actor: str) -> AuthidRow:
     """Activate or deactivate `row` (read in this transaction) as the rules say; returns
     the fresh row."""
     balance = row.credit - row.spent
+    if row.state == State.REVOKED.value:
+        return row   # the operator's word stands over the rules until `authid grant` (#19)
     if row.state != State.ACTIVE.value and credit_rules.may_activate(
             rules, row.activations, balance):
         # PENDING/DEPLETED -> ACTIVE: enough confirmed credit for the prepaid minutes
@@ -81,3 +84,53 @@ def charge(tx: Tx, row: AuthidRow, rules: Rules, ms: int, reason: str, actor: st
                  reason=reason)
         tx.emit(AuthidCharged(authid=row.authid, amount=total, balance=fresh.balance))
     return Charge(amount, fresh)
+
+
+# --- changes by hand (lthnctl, issue #19): each with its audit line naming who and why ---
+
+def grant(tx: Tx, authid: str, service_id: str, amount: int, reason: str,
+          actor: str) -> AuthidRow:
+    """Admit an authid whatever its payments: add `amount` of credit and make it ACTIVE
+    (from any state, REVOKED too)."""
+    tx.ensure_authid(authid, service_id)
+    row = tx.credit(authid, amount)
+    tx.audit(actor, "granted", authid, amount=amount, reason=reason)
+    if row.state != State.ACTIVE.value:
+        # PENDING/DEPLETED/REVOKED -> ACTIVE, by hand
+        row = tx.activate(authid)
+        tx.audit(actor, "activated", authid, balance=row.balance, reason=reason)
+        tx.emit(AuthidActivated(authid=authid, service_id=row.service_id,
+                                balance=row.balance))
+    return row
+
+
+def revoke(tx: Tx, row: AuthidRow, reason: str, actor: str) -> AuthidRow:
+    """Refuse an authid until granted again; its credit stays (a grant gives it back).
+    Live sessions are cut by sessiond on `authid.deactivated`."""
+    fresh = tx.revoke_access(row.authid)
+    tx.audit(actor, "revoked", row.authid, reason=reason, balance=fresh.balance,
+             was=row.state)
+    tx.emit(AuthidDeactivated(authid=row.authid, reason=f"revoked: {reason}"))
+    return fresh
+
+
+def topup(tx: Tx, authid: str, service_id: str, amount: int, rules: Rules, reason: str,
+          actor: str) -> AuthidRow:
+    """Add credit by hand; the rules then decide activation, as for a payment."""
+    tx.ensure_authid(authid, service_id)
+    row = tx.credit(authid, amount)
+    tx.audit(actor, "topped up", authid, amount=amount, reason=reason, balance=row.balance)
+    return reevaluate(tx, row, rules, actor)
+
+
+def spend_by_hand(tx: Tx, row: AuthidRow, amount: int, rules: Rules, reason: str,
+                  actor: str) -> AuthidRow:
+    """Take `amount` (at most the balance) by hand; an ACTIVE authid that can no longer
+    pay is deactivated. The spend gets a spends row of its own (period: minus the time in
+    milliseconds), so spends still add up to what was spent."""
+    fresh = tx.spend(row.authid, amount, 0)
+    tx.add_spend(row.authid, amount, 0, f"by hand: {reason}", -int(tx.now * 1000))
+    tx.audit(actor, "spent by hand", row.authid, amount=amount, reason=reason,
+             balance=fresh.balance)
+    tx.emit(AuthidCharged(authid=row.authid, amount=amount, balance=fresh.balance))
+    return reevaluate(tx, fresh, rules, actor)

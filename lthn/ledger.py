@@ -503,9 +503,6 @@ class Ledger:
             f"SELECT {_BAN_COLS} FROM bans WHERE expires > ? AND expires <= ? ORDER BY ip",
             (since, until))]
 
-    def outbox_depth(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-
     def audit_after(self, last_id: int, limit: int = 1000) -> list[AuditRow]:
         """Audit lines with an id above `last_id`, oldest first (the audit file writer)."""
         return [AuditRow(i, at, actor, event, authid, json.loads(detail))
@@ -657,6 +654,11 @@ class Tx:
         return self._change(authid, "state = 'DEPLETED', spending_since = NULL", (),
                             "state = 'ACTIVE'")
 
+    def revoke_access(self, authid: str) -> AuthidRow:
+        # any -> REVOKED: refused until granted by hand, whatever it pays (#19)
+        return self._change(authid, "state = 'REVOKED', spending_since = NULL", (),
+                            "state <> 'REVOKED'")
+
     def _change(self, authid: str, assignments: str, args: tuple,
                 guard: str = "") -> AuthidRow:
         rows = self.conn.execute(
@@ -780,8 +782,8 @@ class Tx:
             "ON CONFLICT (ip) DO UPDATE SET reason = excluded.reason, "
             "created = CASE WHEN bans.expires > excluded.created THEN bans.created "
             "ELSE excluded.created END, "
-            "expires = CASE WHEN bans.expires > excluded.created "
-            "THEN max(bans.expires, excluded.expires) ELSE excluded.expires END, "
+            "expires = CASE WHEN bans.expires > excluded.expires "
+            "THEN bans.expires ELSE excluded.expires END, "
             "count = bans.count + 1", (ip, reason, self.now, expires))
         row = self.conn.execute(f"SELECT {_BAN_COLS} FROM bans WHERE ip = ?", (ip,)).fetchone()
         return BanRow(*row)

@@ -142,6 +142,7 @@ def tx_workload() -> dict[str, Callable[[Tx], object]]:
         "start_spending": lambda tx: tx.start_spending(A, 1.0),
         "spend": lambda tx: tx.spend(A, 10, 1000),
         "deactivate": lambda tx: tx.deactivate(A),
+        "revoke_access": lambda tx: tx.revoke_access(A),
         "authids_in": lambda tx: tx.authids_in(("ACTIVE", "DEPLETED")),
         "insert_payment": lambda tx: tx.insert_payment(TX1, A, 5, 1, 0, "pool", False, 1),
         "payment": lambda tx: tx.payment(TX1, A),
@@ -158,6 +159,9 @@ def tx_workload() -> dict[str, Callable[[Tx], object]]:
         "sessions_of": lambda tx: tx.sessions_of(A, 0.0),
         "audit": lambda tx: tx.audit("test", "credited", A, amount=1),
         "emit": lambda tx: tx.emit(AuthidCharged(authid=A, amount=1, balance=0)),
+        "add_ban": lambda tx: (tx.add_ban("192.0.2.1", "probe", tx.now + 60),
+                               tx.add_ban("192.0.2.1", "again", tx.now + 30)),
+        "lift_ban": lambda tx: tx.lift_ban("192.0.2.1"),
     }
 
 
@@ -180,6 +184,15 @@ def ledger_workload(path: Path) -> dict[str, Callable[[Ledger], object]]:
         "take_outbox": stuck_then_take,
         "outbox_counts": lambda led: led.outbox_counts(),
         "stuck_outbox": lambda led: led.stuck_outbox(),
+        "count_authids": lambda led: led.count_authids(),
+        "list_authids": lambda led: (led.list_authids(), led.list_authids("ACTIVE", "1A")),
+        "count_open_sessions": lambda led: led.count_open_sessions(),
+        "session": lambda led: led.session(1),
+        "list_sessions": lambda led: (led.list_sessions(), led.list_sessions(False, A, "proxy")),
+        "payment_totals": lambda led: led.payment_totals(),
+        "bans": lambda led: led.bans(),
+        "bans_ended": lambda led: led.bans_ended(0.0, 1e10),
+        "audit_after": lambda led: led.audit_after(0),
     }
 
 

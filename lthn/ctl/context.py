@@ -20,7 +20,7 @@ from lthn import control
 from lthn.cli_args import load_config_or_exit
 from lthn.config import Config
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_ANSWERING
-from lthn.ledger import Ledger, LedgerError
+from lthn.ledger import Ledger, LedgerError, LedgerMissing
 from lthn.node.supervisor_rpc import SupervisorDown, SupervisorRpc
 from lthn.requests import Request
 
@@ -41,12 +41,12 @@ def load_config(path: str) -> Config:
 
 @contextmanager
 def reading_ledger(config: Config) -> Iterator[Ledger]:
-    """The ledger, for reads; a missing file is a usage error (wrong config?)."""
-    if not config.ledger_path.exists():
-        raise CommandError(EXIT_CONFIG, f"{config.ledger_path}: no ledger there (the node "
-                           "makes it when it first starts; is this the node's config?)")
+    """The ledger, read only (nothing is created or migrated); a missing one is a usage
+    error (wrong config?)."""
     try:
-        ledger = Ledger.open(config.ledger_path)
+        ledger = Ledger.open_existing(config.ledger_path)
+    except LedgerMissing as exc:
+        raise CommandError(EXIT_CONFIG, str(exc)) from None
     except LedgerError as exc:
         raise CommandError(EXIT_FAILED, str(exc)) from None
     try:
@@ -218,3 +218,28 @@ def check_reason(text: str) -> str:
     if len(reason) > 200:
         raise CommandError(EXIT_CONFIG, f"--reason: at most 200 characters (got {len(reason)})")
     return reason
+
+
+def authid_argument(config: Config, text: str) -> str:
+    """A well-formed authid of a configured service, or a usage error."""
+    from lthn.authid import AuthidError, parse_authid, service_of
+    try:
+        authid = parse_authid(text)
+    except AuthidError as exc:
+        raise CommandError(EXIT_CONFIG, str(exc)) from None
+    if config.service(service_of(authid)) is None:
+        known = ", ".join(s.key for s in config.services) or "none"
+        raise CommandError(EXIT_CONFIG, f"authid {authid}: service {service_of(authid)} is "
+                           f"not in the config (services: {known})")
+    return authid
+
+
+def print_changed(done: Any, units: int, as_json: bool, what: str) -> None:
+    """An authid after a change by hand: one line, or the reply's keys in JSON."""
+    if as_json:
+        print_json({"authid": done.authid, "state": done.state, "credit": done.credit,
+                    "spent": done.spent, "balance": done.balance, "changed": done.changed})
+        return
+    print(f"authid {done.authid}: {what}; now {done.state}, balance "
+          f"{coins(done.balance, units)} (credit {coins(done.credit, units)}, spent "
+          f"{coins(done.spent, units)})")

@@ -19,10 +19,12 @@ import time
 
 import zmq
 
+from lthn import by_hand
 from lthn.config import Config
 from lthn.daemon import Daemon, run_daemon
 from lthn.ledger import Ledger
 from lthn.messages import WalletState
+from lthn.requests import Grant, Topup
 from services.paymentd.crediting import Crediting
 from services.paymentd.wallet_rpc import Transfer, WalletClient, WalletError
 
@@ -51,6 +53,9 @@ class Paymentd(Daemon):
         self.height = 0
         self.last_ok = 0.0      # unix time of the last good poll (lthnctl status)
         self.error = ""         # the last poll's error, "" after a good one
+        # money in by hand (issue #19): paymentd owns credit
+        self.control.answer(Topup, lambda req, asked: by_hand.topup(ledger, config, req, asked))
+        self.control.answer(Grant, lambda req, asked: by_hand.grant(ledger, config, req, asked))
 
     def start(self) -> None:
         log.info("paymentd: watching %s wallet at %s every %.2f s, from block %d",

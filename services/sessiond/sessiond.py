@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import zmq
 
+from lthn import by_hand
 from lthn.authid import short
 from lthn.bus import Envelope
 from lthn.config import Config
@@ -24,7 +25,7 @@ from lthn.haproxy import contract
 from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated, ControlResync, SessionCut
-from lthn.requests import KillSession, SessionKilled
+from lthn.requests import AuthidChanged, KillSession, Revoke, SessionKilled, Spend
 from services.sessiond import charging
 from services.sessiond.proxy_sessions import HaproxyTrouble, ProxyAdapter
 from services.sessiond.session_book import Observed, SessionBook
@@ -63,6 +64,9 @@ class Sessiond(Daemon):
         self.log_trouble = False       # the request-log port could not be bound (logged)
         self.stuck: set[str] = set()   # authids cut but still live (logged once)
         self.control.answer(KillSession, self.on_kill)
+        # money out and refusals by hand (issue #19): sessiond owns spending and cutting
+        self.control.answer(Spend, lambda req, asked: by_hand.spend(ledger, config, req, asked))
+        self.control.answer(Revoke, self.on_revoke)
 
     def start(self) -> None:
         if self.adapter is not None:
@@ -158,6 +162,14 @@ class Sessiond(Daemon):
     def status_details(self) -> dict:
         return {"open_sessions": len(self.book.open), "tracking": self.tracking,
                 "haproxy": self.trouble or "ok"}
+
+    def on_revoke(self, req: Revoke, asked: Asked) -> AuthidChanged:
+        """Refuse the authid (ledger) and cut its live sessions now."""
+        done = by_hand.revoke(self.ledger, self.config, req, asked)
+        if done.changed:
+            self.cut({done.authid: f"revoked by {asked.actor}: {req.reason}"},
+                     actor=asked.actor)
+        return done
 
     def on_kill(self, req: KillSession, asked: Asked) -> SessionKilled:
         """Cut an open session's live connections now; the authid stays active, so its

@@ -40,7 +40,7 @@ class Watchd(Daemon):
         assert self.subscriber is not None
         subscriber = self.subscriber
         self.collector = NodeCollector(config, self.bus_counts, self.heartbeats,
-                                       lambda: subscriber.dropped, Ledger.open)
+                                       lambda: subscriber.dropped, Ledger.open_existing)
         self.metrics: MetricsServer | None = None
         self.metrics_trouble = ""
         self.audit = AuditFile(config, ledger)

@@ -88,7 +88,7 @@ class NodeCollector(Collector):
             authids = ledger.count_authids()
             sessions = ledger.count_open_sessions()
             bans = len(ledger.bans())
-            outbox = ledger.outbox_depth()
+            outbox = ledger.outbox_counts()
         finally:
             ledger.close()
         count = GaugeMetricFamily("lthn_payments", "Payments in the ledger, by state "
@@ -111,8 +111,12 @@ class NodeCollector(Collector):
             live.add_metric([service, kind], n)
         yield live
         yield GaugeMetricFamily("lthn_bans", "Bans in force", value=bans)
-        yield GaugeMetricFamily("lthn_outbox_depth", "Bus messages committed in the ledger "
-                                "and not yet published", value=outbox)
+        depth = GaugeMetricFamily("lthn_outbox_depth", "Bus messages committed in the ledger "
+                                  "and not yet published: queued, or stuck (undecodable, "
+                                  "kept; see lthnctl outbox)", labels=["state"])
+        depth.add_metric(["queued"], outbox.queued)
+        depth.add_metric(["stuck"], outbox.stuck)
+        yield depth
 
     # --- the bus, as watchd saw it ---
     def from_bus(self) -> Iterator[Metric]:

@@ -1,10 +1,14 @@
 """Issue 19: lthnctl's commands against one running node (every program, real haproxy and
-squid, no wallet): bans, refresh, reload, metrics scraped and parsed, and the audit log.
-The proxy path (grant, kill, revoke, money by hand) is in test_issue_19_access.py."""
+squid, no wallet): bans, refresh, reload, metrics scraped and parsed, access by hand
+through the real proxy (grant admits, revoke refuses, session kill cuts a CONNECT
+tunnel, topup and spend), and the audit log holding a line for every change, anonymised.
+The tests share the node and run in file order; the audit test comes last."""
 
 from __future__ import annotations
 
 import json
+import secrets
+import ssl
 import threading
 import urllib.request
 from http.server import ThreadingHTTPServer
@@ -19,6 +23,7 @@ from lthn.bus import Subscriber
 from lthn.config import load as load_config
 from lthn.control import unix_user
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from lthn.ledger import Ledger
 from tests.fixtures.common import free_port, wait_for
 from tests.fixtures.ctl import lthnctl, lthnctl_with, table
 from tests.fixtures.node import ALL_PROGRAMS, Node, default_config, merge
@@ -185,8 +190,9 @@ def test_metrics_parse_and_count_what_happened(rig):
                  topic="node.heartbeat") >= 5
     assert value(families, "lthn_bus_messages", "lthn_bus_messages_total",
                  topic="access.refused") >= 1
-    assert value(families, "lthn_authids", state="ACTIVE") == 0
-    assert value(families, "lthn_outbox_depth") == 0
+    assert "lthn_authids" in families
+    assert value(families, "lthn_outbox_depth", state="queued") == 0
+    assert value(families, "lthn_outbox_depth", state="stuck") == 0
     for name in ("lthn_bans", "lthn_payments", "lthn_payments_amount_atomic",
                  "lthn_sessions_open", "lthn_bus_dropped", "lthn_requests"):
         assert name in families, name
@@ -223,3 +229,168 @@ def test_reload_checks_the_config_first_then_signals_the_daemons(rig, tmp_path):
             rig.node.wait_log(program, "firewall changed: restart", after=at)
     finally:
         rig.node.write_config()
+
+
+# --- access by hand, through the real proxy ---
+
+def new_authid() -> str:
+    return "1A" + secrets.token_hex(7).upper()
+
+
+def admitted(rig, authid: str) -> bool:
+    return rig.client.request("GET", rig.origin.url("/probe"), authid=authid).status == 200
+
+
+def refused(rig, authid: str) -> bool:
+    answer = rig.client.request("GET", rig.origin.url("/probe"), authid=authid)
+    return answer.status == 403 and answer.lthn_status == "NO_PAYMENT"
+
+
+def open_tunnel(rig, authid: str):
+    answer, sock, rest = rig.client.tunnel(f"127.0.0.1:{rig.tcp.port}", authid=authid)
+    assert answer.status == 200, answer
+    greeting = rest
+    while b"\n" not in greeting:
+        greeting += sock.recv(4096)
+    assert greeting.startswith(b"hello from the tcp origin")
+    return sock
+
+
+def wait_closed(sock, timeout: float = 10.0) -> None:
+    sock.settimeout(timeout)
+    try:
+        assert sock.recv(4096) == b""
+    except (ConnectionError, ssl.SSLError):
+        pass   # reset by haproxy: cut just the same
+
+
+def open_session_of(rig, authid: str) -> dict:
+    def found():
+        sessions = rig.ctl("session", "list", "--authid", authid, "--json").json()["sessions"]
+        return next((s for s in sessions if s["state"] == "OPEN"), None)
+    return wait_for(found, timeout=15, interval=0.3, what=f"an open session of {authid}")
+
+
+def test_grant_admits_through_the_proxy_and_revoke_refuses_and_cuts(rig):
+    authid = new_authid()
+    assert refused(rig, authid)
+    ran = rig.ctl("authid", "grant", authid.lower(), "--minutes", "30", "--reason", "trial",
+                  "--json")
+    assert ran.code == EXIT_OK, ran.stderr
+    granted = ran.json()
+    assert granted == {"authid": authid, "state": "ACTIVE", "credit": 30 * 10**9,
+                       "spent": 0, "balance": 30 * 10**9, "changed": True}
+    wait_for(lambda: admitted(rig, authid), timeout=10, what="granted authid admitted")
+    listed = rig.ctl("authid", "list", "--state", "active", "--json").json()["authids"]
+    assert authid in [a["authid"] for a in listed]
+    shown = rig.ctl("authid", "show", authid)
+    # coins in the table (it is being charged already: the probe opened a session)
+    assert shown.code == EXIT_OK and "credit           0.030000000000" in shown.stdout
+    assert rig.ctl("authid", "show", authid, "--json").json()["credit"] == 30 * 10**9
+    tunnel = open_tunnel(rig, authid)
+    ran = rig.ctl("authid", "revoke", authid, "--reason", "abuse report", "--json")
+    assert ran.code == EXIT_OK, ran.stderr
+    assert ran.json()["state"] == "REVOKED" and ran.json()["credit"] == 30 * 10**9
+    wait_closed(tunnel)
+    tunnel.close()
+    wait_for(lambda: refused(rig, authid), timeout=10, what="revoked authid refused")
+    assert rig.ctl("authid", "revoke", authid, "--reason", "again", "--json").json()[
+        "changed"] is False
+    # paying more does not undo a revoke; a grant does
+    ran = rig.ctl("topup", authid, "0.05", "--reason", "paid by bank transfer")
+    assert ran.code == EXIT_OK and "now REVOKED" in ran.stdout
+    assert refused(rig, authid)
+    assert rig.ctl("authid", "grant", authid, "--reason", "sorted out").code == EXIT_OK
+    wait_for(lambda: admitted(rig, authid), timeout=10, what="granted again")
+    rows = table(rig.ctl("authid", "list", "--state", "ACTIVE").stdout)
+    assert any(r["AUTHID"] == authid and r["STATE"] == "ACTIVE" for r in rows)
+
+
+def test_session_kill_cuts_a_live_connect_tunnel_and_the_authid_stays(rig):
+    authid = new_authid()
+    assert rig.ctl("authid", "grant", authid, "--reason", "kill test").code == EXIT_OK
+    wait_for(lambda: admitted(rig, authid), timeout=10, what="admitted")
+    tunnel = open_tunnel(rig, authid)
+    session = open_session_of(rig, authid)
+    assert session["kind"] == "proxy" and session["service"] == "1A"
+    shown = rig.ctl("session", "show", str(session["id"]), "--json").json()
+    assert shown["authid"] == authid and shown["state"] == "OPEN"
+    families = rig.scrape()
+    assert value(families, "lthn_sessions_open", service="1A", kind="proxy") >= 1
+    rows = table(rig.ctl("session", "list").stdout)
+    assert any(r["ID"] == str(session["id"]) and r["AUTHID"] == authid for r in rows)
+    ran = rig.ctl("session", "kill", str(session["id"]), "--reason", "operator test",
+                  "--json")
+    assert ran.code == EXIT_OK, ran.stderr
+    assert ran.json()["connections"] >= 1 and ran.json()["authid"] == authid
+    wait_closed(tunnel)
+    tunnel.close()
+
+    def closed():
+        row = rig.ctl("session", "show", str(session["id"]), "--json").json()
+        return row if row["state"] == "CLOSED" else None
+    row = wait_for(closed, timeout=15, interval=0.3, what="the killed session closed")
+    assert row["end_reason"] == f"cut, killed by lthnctl:{unix_user()}: operator test"
+    assert admitted(rig, authid)   # killing a session does not refuse the authid
+    ran = rig.ctl("session", "kill", str(session["id"]), "--reason", "again")
+    assert ran.code == EXIT_FAILED
+    assert ran.stderr.startswith(f"Error: sessiond: session {session['id']}: already closed")
+    ran = rig.ctl("session", "kill", "999999", "--reason", "x")
+    assert ran.code == EXIT_FAILED and "not in the ledger" in ran.stderr
+
+
+def test_topup_and_spend_by_hand(rig):
+    authid = new_authid()
+    ran = rig.ctl("topup", authid, "0.004", "--reason", "goodwill", "--json")
+    assert ran.code == EXIT_OK, ran.stderr
+    assert ran.json()["state"] == "PENDING" and ran.json()["balance"] == 4 * 10**9
+    ran = rig.ctl("topup", authid, "0.006", "--reason", "goodwill 2", "--json")
+    assert ran.json()["state"] == "ACTIVE"   # ten prepaid minutes now: the rules admit it
+    ran = rig.ctl("spend", authid, "0.0025", "--reason", "manual charge", "--json")
+    assert ran.code == EXIT_OK, ran.stderr
+    assert ran.json()["balance"] == 10 * 10**9 - 25 * 10**8
+    ran = rig.ctl("spend", authid, "1", "--reason", "too much")
+    assert ran.code == EXIT_FAILED and "less than" in ran.stderr
+    for bad, words in ((("topup", authid, "lots"), "coins: must be a number"),
+                       (("topup", authid, "0.0000000000001"), "finer than one atomic unit"),
+                       (("topup", "2B" + authid[2:], "1"), "service 2B is not in the config"),
+                       (("spend", "short", "1"), "is not 16 hex characters"),
+                       (("topup", authid, "1", "--reason", " "), "--reason: must not be empty")):
+        args = [*bad] if "--reason" in bad else [*bad, "--reason", "x"]
+        ran = rig.ctl(*args)
+        assert ran.code == EXIT_CONFIG and words in ran.stderr, (bad, ran.stderr)
+
+
+def test_the_audit_log_holds_every_change_and_no_client_address(rig):
+    """Last in the module: every audit row of the ledger is in the file, once and in order,
+    anonymised (every client here comes from 127.0.0.1)."""
+    ledger = Ledger.open_existing(rig.config.ledger_path)
+    try:
+        rows = ledger.audit_after(0, 1_000_000)
+        granted = [a.authid for a in ledger.list_authids()]
+    finally:
+        ledger.close()
+
+    def caught_up():
+        lines = rig.audit_lines()
+        return lines if lines and lines[-1]["id"] >= rows[-1].id else None
+    lines = wait_for(caught_up, timeout=10, what="the audit log caught up with the ledger")
+    assert [x["id"] for x in lines][:len(rows)] == [r.id for r in rows]
+    assert [(x["event"], x["actor"]) for x in lines][:len(rows)] == [
+        (r.event, r.actor) for r in rows]
+    user = f"lthnctl:{unix_user()}"
+    by_event: dict[str, set[str]] = {}
+    for x in lines:
+        by_event.setdefault(x["event"], set()).add(x["actor"])
+    for event in ("granted", "revoked", "topped up", "spent by hand", "banned", "unbanned"):
+        assert by_event.get(event) == {user}, (event, by_event.get(event))
+    assert user in by_event["cut"]                       # session kill and revoke
+    for event in ("activated", "session opened", "session closed", "ban expired"):
+        assert event in by_event, event
+    text = rig.config.audit_log_path.read_text()
+    assert "127.0.0.1" not in text and "198.51.100" not in text
+    assert granted and not any(a in text for a in granted)
+    opened = [x for x in lines if x["event"] == "session opened"]
+    assert all(x["detail"]["source"].startswith("net4-") for x in opened
+               if x["detail"]["source"])
+    assert all(x["authid"].endswith("...") for x in lines if x["authid"])

@@ -59,7 +59,7 @@ def test_every_program_is_up_with_its_heartbeat_and_version(node):
     assert report["wallet"]["state"] == "DOWN"   # nothing listens at the wallet URL
     assert report["authids"] == {} and report["active_authids"] == 0
     assert report["sessions"] == [] and report["bans"] == 0
-    assert report["outbox"] == {"queued": 0}
+    assert report["outbox"] == {"queued": 0, "stuck": 0}
     assert set(report) == {"version", "programs", "down", "wallet", "authids",
                            "active_authids", "sessions", "bans", "bus", "outbox"}
     # the table says the same

@@ -10,7 +10,7 @@ is up, 1 when one is down, 3 when supervisord itself does not answer.
 heartbeat_age, answers, version, details), down[], wallet (state, url, height, scanned,
 lag, last_poll_age, error; null without paymentd), authids {state: count},
 active_authids, sessions[] (service, kind, open), bans, bus (busd, heartbeats, ok),
-outbox (queued). Times in seconds; null when unknown.
+outbox (queued, stuck). Times in seconds; null when unknown.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         authids = ledger.count_authids()
         sessions = ledger.count_open_sessions()
         bans = len(ledger.bans())
-        outbox = ledger.outbox_depth()
+        outbox = ledger.outbox_counts()
     busd = next((p for p in programs if p["name"] == "busd"), None)
     fresh = [b for b in beats.values() if b["age"] <= 2 * interval]
     report = {
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "bus": {"busd": busd["state"] if busd else None,
                 "heartbeats": None if isinstance(heartbeats, Exception) else len(fresh),
                 "ok": bool(busd and busd["up"] and fresh)},
-        "outbox": {"queued": outbox},
+        "outbox": {"queued": outbox.queued, "stuck": outbox.stuck},
     }
     if args.json:
         print_json(report)
@@ -171,6 +171,7 @@ def show(report: dict[str, Any], heartbeat_error: Exception | None) -> None:
             ("sessions", sessions),
             ("bans", report["bans"]),
             ("bus", bus_line),
-            ("outbox", f"{report['outbox']['queued']} queued"),
+            ("outbox", f"{report['outbox']['queued']} queued, {report['outbox']['stuck']} "
+                       "stuck" + (" (see lthnctl outbox)" if report['outbox']['stuck'] else "")),
             ("down", ", ".join(report["down"]) or "none")):
         print(f"{label:9} {value}")

@@ -1,0 +1,43 @@
+"""Take credit from an authid by hand, in coins (at most its balance).
+
+sessiond does it (it owns spending), in one ledger transaction with an audit line naming
+you and your reason, and `authid.charged` on the bus; an active authid whose balance can
+no longer pay is deactivated and its sessions cut.
+
+--json keys: authid, state, credit, spent, balance (atomic units), changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lthn.ctl.context import (
+    ask,
+    authid_argument,
+    check_reason,
+    load_config,
+    print_changed,
+    reason_argument,
+    to_atomic,
+)
+from lthn.exits import EXIT_OK
+from lthn.requests import Spend
+
+NAME = "spend"
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("authid", help="16 hex characters")
+    parser.add_argument("coins", help="credit to take, in coins")
+    reason_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    authid = authid_argument(config, args.authid)
+    amount = to_atomic(args.coins, config.wallet.units, "coins")
+    done = ask(config, "sessiond", Spend(authid=authid, amount=amount,
+                                         reason=check_reason(args.reason)), timeout=5.0)
+    print_changed(done, config.wallet.units, args.json, f"spent {args.coins}")
+    return EXIT_OK
