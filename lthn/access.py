@@ -1,7 +1,8 @@
 """Applies the credit rules to an authid inside a ledger transaction.
 
-The one place where an authid's access changes (PENDING -> ACTIVE -> DEPLETED -> ACTIVE)
-and where credit is added, revoked or spent; each change writes its audit line and queues
+The one place where an authid's access changes (PENDING -> ACTIVE -> DEPLETED -> ACTIVE;
+any -> REVOKED by hand, REVOKED -> ACTIVE only by a grant) and where credit is added,
+revoked or spent; each change writes its audit line and queues
 its bus message in the same transaction, so money, access, audit and events never
 disagree after a crash.
 """

@@ -5,6 +5,8 @@ program table and the refusal catalogue.
     python -m lthn.reference catalogue   # every bus message type
     python -m lthn.reference programs    # every program supervisord runs
     python -m lthn.reference refusals    # every X-LTHN-Status code a client may get
+    python -m lthn.reference commands    # every lthnctl command
+    python -m lthn.reference requests    # every request a daemon answers (lthn.requests)
 
 tests/test_readme.py fails when README.md's copies differ from what this prints, so the
 README cannot drift from the code.
@@ -52,8 +54,30 @@ def catalogue_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def commands_table() -> str:
+    from lthn.ctl.cli import summary
+    from lthn.ctl.commands import COMMANDS
+    rows = ["| command | what it does |", "| --- | --- |"]
+    for module in COMMANDS:
+        rows.append(f"| `lthnctl {module.NAME}` | {summary(module.__doc__ or '')} |")
+    return "\n".join(rows) + "\n"
+
+
+def requests_table() -> str:
+    from lthn import requests
+    rows = ["| request | fields | reply | meaning |", "| --- | --- | --- | --- |"]
+    for name, cls in sorted(requests.CATALOGUE.items()):
+        fields = ", ".join(f"{n}: {k.__name__}" for n, k in requests.field_types(cls).items())
+        reply = ", ".join(f"{n}: {k.__name__}"
+                          for n, k in requests.field_types(cls.reply).items())
+        doc = " ".join((cls.__doc__ or "").split())
+        rows.append(f"| `{name}` v{cls.version} | {fields or '-'} | {reply} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
 TABLES = {"config": config_table, "catalogue": catalogue_table, "programs": readme_table,
-          "refusals": refusals_table}
+          "refusals": refusals_table, "commands": commands_table,
+          "requests": requests_table}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,8 @@ PROGRAMS: tuple[Program, ...] = (
             priority=100, stopwaitsecs=10),
     Program("firewalld", "lthn-firewalld", "services.firewalld.main",
             "counts `access.refused` events per source address in a sliding window and "
-            "logs a line when an address reaches the threshold. **It bans nobody yet** "
-            "(see Status).",
+            "logs a line when an address reaches the threshold; stores and publishes bans "
+            "made by hand (`lthnctl ban`). **It enforces no ban yet** (see Status).",
             priority=100, stopwaitsecs=5),
     Program("watchd", "lthn-watchd", "services.watchd.main",
             "watches the node for its operator: records every daemon's heartbeat (what "

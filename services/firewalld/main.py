@@ -9,9 +9,13 @@ reaches `firewall.refusal_threshold`:
     source 127.0.0.2: 20 refusals in 60 s (threshold 20); no ban applied: bans are not
     implemented yet
 
-What it does NOT do yet (a later issue, see ROADMAP "firewalld"): it bans nobody. No
-source allow/deny lists, no destination deny lists, no per-source rate limits, nothing
-applied at haproxy, OpenVPN or nftables, no ban rows in the ledger. The counts live in
+It also owns bans made by hand (`lthnctl ban add|del`, manual_bans.py): it stores them in
+the ledger's `bans` table with an audit line, publishes `ban.added` / `ban.lifted`, and
+`ban.lifted` (expired) when one runs out.
+
+What it does NOT do yet (issue #17, see ROADMAP "firewalld"): it enforces no ban and bans
+nobody by itself. No source allow/deny lists, no destination deny lists, no per-source
+rate limits, nothing applied at haproxy, OpenVPN or nftables. The counts live in
 memory only and start from zero after a restart.
 """
 

@@ -80,13 +80,13 @@ def test_issue_2_whole_suite_runs_under_supervisord(run_node):
     assert result.returncode == 0, result.stdout
     states = node.status()
     assert states == {name: "RUNNING" for name in
-                      ["busd", "paymentd", "authd:authd_0", "sessiond", "firewalld", "squid",
-                       "haproxy"]}
+                      ["busd", "paymentd", "authd:authd_0", "sessiond", "firewalld", "watchd",
+                       "squid", "haproxy"]}
     for directory in (node.state, node.state / "run", node.state / "log", node.state / "tls"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     assert stat.S_ISSOCK((node.state / "run" / "supervisor.sock").stat().st_mode)
     node.wait_log("busd", "bus: forwarding")
-    for daemon in ("paymentd", "authd", "sessiond", "firewalld"):
+    for daemon in ("paymentd", "authd", "sessiond", "firewalld", "watchd"):
         node.wait_log(daemon, f"{daemon}: ready")
     # haproxy answers on its admin socket: the real process, not a wrapper, is supervised
     info = HaproxyAdmin(node.state / "run" / "haproxy-admin.sock").command("show info")
