@@ -19,12 +19,13 @@ INTERVAL = 1.0
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    """One node for the module (starting one takes seconds): the daemons, no proxy."""
+    """One node for the module (starting one takes seconds): the daemons (two authd
+    processes, each with its own control socket), no proxy."""
     from tests.fixtures.node import Node, default_config, merge
     directory = tmp_path_factory.mktemp("issue19")
     config = merge(default_config(directory / "state"),
                    {"bus": {"heartbeat_interval": INTERVAL}})
-    started = Node(directory, config, DAEMONS)
+    started = Node(directory, config, DAEMONS, authd_procs=2)
     try:
         started.start()
         yield started
@@ -44,18 +45,19 @@ def test_every_program_is_up_with_its_heartbeat_and_version(node):
     ran = wait_for(all_up, timeout=20, interval=0.3, what="status exit 0 (all up)")
     report = ran.json()
     by_process = {p["process"]: p for p in report["programs"]}
-    for process in ("busd", "paymentd", "authd_0", "sessiond", "firewalld", "watchd"):
+    for process in ("busd", "paymentd", "authd_0", "authd_1", "sessiond", "firewalld",
+                    "watchd"):
         assert by_process[process]["state"] == "RUNNING"
         assert by_process[process]["up"] is True
-    for process in ("paymentd", "authd_0", "sessiond", "firewalld", "watchd"):
+    for process in ("paymentd", "authd_0", "authd_1", "sessiond", "firewalld", "watchd"):
         p = by_process[process]
         assert p["answers"] is True and p["version"]
         assert p["heartbeat_age"] is not None and p["heartbeat_age"] <= 2 * INTERVAL
-        assert p["pid"] == node.pid(process if process != "authd_0" else "authd")
+        assert p["pid"] == node.pid(process)
     # left out with --without: off, not down
     assert by_process["haproxy"]["state"] == "off" and by_process["haproxy"]["up"] is None
     assert report["down"] == []
-    assert report["bus"]["ok"] is True and report["bus"]["heartbeats"] >= 5
+    assert report["bus"]["ok"] is True and report["bus"]["heartbeats"] >= 6
     assert report["wallet"]["state"] == "DOWN"   # nothing listens at the wallet URL
     assert report["authids"] == {} and report["active_authids"] == 0
     assert report["sessions"] == [] and report["bans"] == 0
@@ -115,9 +117,14 @@ def test_a_hung_daemon_shows_down_within_two_heartbeats(node):
 def test_loglevel_sets_every_authd_process_and_bad_arguments_exit_2(node):
     ran = lthnctl(node, "loglevel", "authd", "info", "--json")
     assert ran.code == EXIT_OK, ran.stderr
-    assert ran.json() == {"processes": [{"process": "authd_0", "previous": "debug",
-                                         "level": "info"}]}
-    node.wait_log("authd", "log level debug -> info")
+    assert ran.json() == {"processes": [
+        {"process": "authd_0", "previous": "debug", "level": "info"},
+        {"process": "authd_1", "previous": "debug", "level": "info"}]}
+    node.wait_log("authd_0", "log level debug -> info")
+    node.wait_log("authd_1", "log level debug -> info")
+    ran = lthnctl(node, "loglevel", "authd_1", "debug")
+    assert ran.code == EXIT_OK and table(ran.stdout) == [
+        {"PROCESS": "authd_1", "PREVIOUS": "info", "LEVEL": "debug"}]
     ran = lthnctl(node, "loglevel", "authd", "loud")
     assert ran.code == EXIT_CONFIG and "invalid choice" in ran.stderr
     ran = lthnctl(node, "loglevel", "haproxy", "info")
