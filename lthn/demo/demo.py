@@ -99,6 +99,7 @@ def node_config(directory: Path, chain: RegtestChain, origin_port: int) -> dict[
         "proxy": {"bind": "127.0.0.1", "port": free_port(), "squid_port": free_port(),
                   "status_port": free_port(), "log_port": log_port,
                   "allow_destinations": [f"127.0.0.1:{origin_port}"]},
+        "metrics": {"port": free_port()},
         "state_dir": str(directory / "state"),
     }
 

@@ -130,3 +130,4 @@ def test_loglevel_sets_every_authd_process_and_bad_arguments_exit_2(node):
     ran = lthnctl(node, "loglevel", "haproxy", "info")
     assert ran.code == EXIT_CONFIG
     assert ran.stderr.startswith("Error: program: must be one of")
+

@@ -33,7 +33,7 @@ from lthn.ctl.context import (
 )
 from lthn.exits import EXIT_FAILED, EXIT_NOT_ANSWERING, EXIT_OK
 from lthn.node.supervisor_rpc import ProcessInfo, SupervisorDown
-from lthn.requests import DaemonStatus, GetHeartbeats
+from lthn.requests import DaemonInfo, DaemonStatus, GetHeartbeats
 from lthn.version import VERSION
 
 NAME = "status"
@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
     interval = config.bus.heartbeat_interval
     beats = {} if isinstance(heartbeats, Exception) else {
         b["process"]: b for b in heartbeats.daemons}
-    programs = [program_row(p, answers.get(f"status:{p.name}"), beats, interval,
-                            not isinstance(heartbeats, Exception)) for p in processes]
+    heard = heartbeats_usable(answers.get("status:watchd"), heartbeats, interval,
+                              time.time())
+    programs = [program_row(p, answers.get(f"status:{p.name}"), beats, interval, heard)
+                for p in processes]
     with reading_ledger(config) as ledger:
         authids = ledger.count_authids()
         sessions = ledger.count_open_sessions()
@@ -88,6 +90,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         show(report, heartbeats if isinstance(heartbeats, Exception) else None)
     return EXIT_FAILED if report["down"] else EXIT_OK
+
+
+def heartbeats_usable(watchd: Any, heartbeats: Any, interval: float, now: float) -> bool:
+    """Whether watchd's silence about a process means it is down: not when watchd did not
+    answer, nor while watchd itself is younger than two intervals (it has not heard every
+    daemon yet since it started; it keeps heartbeats in memory only)."""
+    return isinstance(watchd, DaemonInfo) and not isinstance(heartbeats, Exception) \
+        and now - watchd.started > 2 * interval
 
 
 def program_row(p: ProcessInfo, answer: Any, beats: dict[str, dict], interval: float,
