@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_ANSWERING, EXIT_OK
 from lthn.node.supervision import tool
 from tests.fixtures.common import free_port, wait_for
 from tests.fixtures.node import Node, default_config
@@ -106,6 +106,23 @@ def test_init_twice_refuses_without_force(tmp_path):
     assert forced.returncode == EXIT_OK, forced.stderr
     assert (directory / "provider.key").read_bytes() != before[directory / "provider.key"]
     assert run("lthnctl", "sdp", "verify", str(directory / "sdp.json")).returncode == EXIT_OK
+
+
+def test_commands_on_a_node_that_is_not_running_say_so(tmp_path):
+    directory = tmp_path / "node"
+    assert init(directory).returncode == EXIT_OK
+    config = str(directory / "node.yaml")
+    ran = run("lthnctl", "-c", config, "status")
+    assert ran.returncode == EXIT_NOT_ANSWERING
+    assert ran.stderr.strip() == ("Error: supervisord is not running (no socket at "
+                                  f"{directory / 'state' / 'run' / 'supervisor.sock'}; "
+                                  "start the node with `lthn-node run`)")
+    ran = run("lthnctl", "-c", config, "authid", "list")
+    assert ran.returncode == EXIT_CONFIG and "no ledger there" in ran.stderr
+    assert not (directory / "state" / "ledger.sqlite").exists()   # a reader creates none
+    ran = run("lthnctl", "-c", config, "topup", "1A00112233445566", "1", "--reason", "x")
+    assert ran.returncode == EXIT_NOT_ANSWERING
+    assert ran.stderr.startswith("Error: paymentd is not answering (no control socket")
 
 
 def test_bad_arguments_exit_2(tmp_path):
