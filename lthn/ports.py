@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
 HOST = "127.0.0.1"
 
@@ -25,10 +27,27 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def free_port_pair(tries: int = 50) -> int:
-    """A port P with P+1 free too (haproxy logs to proxy.log_port and log_port+1)."""
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (outgoing connections, bind to 0)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port_pair(tries: int = 200) -> int:
+    """A port P with P+1 free too (haproxy logs to proxy.log_port and log_port+1).
+
+    Picked below the ephemeral range: Linux gives bind(0) odd ports there and outgoing
+    connections even ones, so P+1 next to a kernel-picked P is often held by a busy
+    machine's connections (a test failed with no free pair in 50 tries under load).
+    """
+    low = max(1024, ephemeral_range()[0] - 12000)
+    high = ephemeral_range()[0] - 2
+    rng = random.SystemRandom()
     for _ in range(tries):
-        port = free_port()
-        if port < 65535 and port_is_free(port + 1):
+        port = rng.randrange(low, high)
+        if port_is_free(port) and port_is_free(port + 1):
             return port
-    raise OSError("no two adjacent free ports on 127.0.0.1")
+    raise OSError(f"no two adjacent free ports on 127.0.0.1 in {low}-{high}")

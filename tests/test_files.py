@@ -25,3 +25,4 @@ def test_a_reader_holding_the_old_file_keeps_reading_it(tmp_path):
         write_atomically(path, "1A00000000000002 1A\n")
         assert reader.read() == "1A00000000000001 1A\n"   # renamed over, not rewritten
     assert path.read_text() == "1A00000000000002 1A\n"
+
