@@ -103,7 +103,16 @@ class Wallet:
         "lethean", "monero: get_transfers; lethean: get_vpn_transfers")
     atomic_units: int | None = setting(
         None, "atomic units per coin (default: 10^8 for lethean, 10^12 for monero)", _positive)
-    poll_interval: float = setting(1.0, "seconds between wallet polls", _positive)
+    poll_interval: float = setting(
+        0.1, "seconds between listings of the wallet's pool: a payment is seen this fast",
+        _positive)
+    refresh_interval: float = setting(
+        2.0, "seconds between wallet refreshes (new blocks) when daemon_zmq is not set",
+        _positive)
+    daemon_zmq: str = setting(
+        "", "the coin daemon's ZMQ publisher (monerod --zmq-pub), e.g. tcp://127.0.0.1:18083:"
+        " new blocks are followed as they arrive (empty: refresh every refresh_interval)",
+        lambda v: _endpoint(v) if v else None)
     timeout: float = setting(5.0, "seconds before a wallet call is given up", _positive)
     start_height: int = setting(0, "first block height to scan on a fresh ledger", _not_negative)
 

@@ -16,7 +16,7 @@ from services.paymentd.main import MAX_BACKOFF, Paymentd, Wallet
 def paymentd(tmp_path):
     config = config_mod.parse({
         "provider": {"id": "ab" * 32}, "state_dir": str(tmp_path),
-        "wallet": {"url": "http://127.0.0.1:9/json_rpc", "poll_interval": 0.5}},
+        "wallet": {"url": "http://127.0.0.1:9/json_rpc", "poll_interval": 0.2}},
         "test.yaml")
     ctx = zmq.Context()
     ledger = Ledger.open(config.ledger_path)
@@ -29,16 +29,18 @@ def paymentd(tmp_path):
         ctx.destroy(linger=0)
 
 
-def test_backoff_doubles_from_the_poll_interval_up_to_the_cap(paymentd):
-    assert paymentd.next_delay() == 0.5
+def test_backoff_doubles_from_the_poll_interval_up_to_a_low_cap(paymentd):
+    """Issue #14: the backoff had grown to 30 s and payments waited 20 s after the wallet
+    answered again; now it stops at MAX_BACKOFF, so a returning wallet is seen soon."""
+    assert MAX_BACKOFF <= 2.0
     delays = []
-    for _ in range(10):
+    for _ in range(40):
         paymentd.wallet_down("refused")
-        delays.append(paymentd.next_delay())
-    assert delays[:5] == [0.5, 1.0, 2.0, 4.0, 8.0]
-    assert delays[-1] == MAX_BACKOFF and max(delays) == MAX_BACKOFF
+        delays.append(paymentd.schedule.backoff())
+    assert delays[:3] == [0.2, 0.4, 0.8]
+    assert max(delays) == delays[-1] == MAX_BACKOFF
     paymentd.wallet_up()
-    assert (paymentd.state, paymentd.failures, paymentd.next_delay()) == (Wallet.UP, 0, 0.5)
+    assert paymentd.state is Wallet.UP
 
 
 def test_one_log_line_per_state_change(paymentd, caplog):
@@ -55,7 +57,8 @@ def test_one_log_line_per_state_change(paymentd, caplog):
     assert lines[2].endswith("up again at height 0 after 5 failed polls")
 
 
-def test_a_poll_against_no_wallet_marks_it_down_and_keeps_going(paymentd):
-    paymentd.poll()   # port 9 on loopback: connection refused
+def test_a_step_against_no_wallet_marks_it_down_and_keeps_going(paymentd):
+    paymentd.tick()   # port 9 on loopback: connection refused
     assert paymentd.state is Wallet.DOWN and paymentd.failures == 1
-    assert paymentd.timers.heap, "the next poll is scheduled"
+    assert paymentd.timers.heap, "the next try is scheduled"
+    assert paymentd.schedule.scan_wanted, "the next try reads everything it missed"

@@ -165,6 +165,25 @@ def test_real_wallet_pool_then_mined(regtest):
     assert client.get_transfer_by_txid("00" * 32) is None
 
 
+def test_real_wallet_pool_listing_needs_no_refresh(regtest):
+    """The pool-only listing paymentd asks several times a second (issue #16) shows a
+    payment without any refresh and holds only pool entries; once the block that mines
+    it is refreshed into the wallet, the payment leaves it for the mined list."""
+    client = WalletClient(regtest.provider_url, regtest.user, regtest.password, "monero")
+    client.refresh()
+    start = client.get_height()
+    authid = new_authid("1A")
+    txid = regtest.pay(authid, 1_234_567)
+    pool = client.get_pool_transfers()
+    assert txid in {t.txid for t in pool}
+    assert all(t.in_pool and t.confirmations == 0 for t in pool)
+    regtest.mine(1)
+    client.refresh()
+    assert txid not in {t.txid for t in client.get_pool_transfers()}
+    (mined,) = [t for t in client.get_transfers(start - 1) if t.txid == txid]
+    assert not mined.in_pool and mined.confirmations >= 1
+
+
 def test_real_wallet_refuses_a_wrong_password(regtest):
     client = WalletClient(regtest.provider_url, regtest.user, "wrong", "monero")
     with pytest.raises(WalletUnreachable, match="HTTP 401"):

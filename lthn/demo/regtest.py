@@ -176,13 +176,17 @@ class RegtestChain:
     def __init__(self, base: Path | str, user: str = "lthn",
                  password: str | None = None, daemon_port: int | None = None,
                  provider_port: int | None = None, payer_port: int | None = None,
-                 transfer_timeout: float = 60.0) -> None:
+                 transfer_timeout: float = 60.0, zmq_pub: bool = False) -> None:
         self.base = Path(base).absolute()
         self.user = user
         self.password = password if password is not None else secrets.token_hex(8)
         self.daemon_port = daemon_port or free_port()
         self.p2p_port = free_port()
         self.transfer_timeout = transfer_timeout
+        # monerod's ZMQ publisher (chain_main with every block, txpool_add with every
+        # pool tx) needs its ZMQ RPC server too: --no-zmq turns both off (measured)
+        self.zmq_rpc_port = free_port() if zmq_pub else 0
+        self.zmq_pub_port = free_port() if zmq_pub else 0
         self.provider = WalletProcess("provider", self.base, self.daemon_port,
                                       provider_port or free_port(), (self.user, self.password))
         self.payer = WalletProcess("payer", self.base, self.daemon_port,
@@ -201,11 +205,23 @@ class RegtestChain:
     def provider_address(self) -> str:
         return self.provider.address
 
-    def wallet_section(self, poll_interval: float = 0.2, timeout: float = 5.0) -> dict:
-        """The node config's `wallet:` section pointing at the provider wallet."""
-        return {"dialect": "monero", "url": self.provider_url, "user": self.user,
-                "password": self.password, "poll_interval": poll_interval,
-                "timeout": timeout}
+    @property
+    def zmq_pub_endpoint(self) -> str:
+        """monerod's ZMQ pub endpoint, or "" when the chain runs without one."""
+        return f"tcp://{HOST}:{self.zmq_pub_port}" if self.zmq_pub_port else ""
+
+    def wallet_section(self, poll_interval: float | None = None, timeout: float = 5.0
+                       ) -> dict:
+        """The node config's `wallet:` section pointing at the provider wallet (and at
+        monerod's ZMQ publisher when the chain has one); the poll interval is the
+        config's default unless given."""
+        section: dict = {"dialect": "monero", "url": self.provider_url, "user": self.user,
+                         "password": self.password, "timeout": timeout}
+        if poll_interval is not None:
+            section["poll_interval"] = poll_interval
+        if self.zmq_pub_endpoint:
+            section["daemon_zmq"] = self.zmq_pub_endpoint
+        return section
 
     # --- life cycle ---
 
@@ -246,13 +262,18 @@ class RegtestChain:
         data.mkdir(parents=True, exist_ok=True)
         args = [
             "monerod", "--regtest", "--offline", "--fixed-difficulty", "1",
-            "--data-dir", str(data), "--non-interactive", "--no-igd", "--no-zmq",
+            "--data-dir", str(data), "--non-interactive", "--no-igd",
             "--check-updates", "disabled", "--disable-dns-checkpoints",
             "--rpc-bind-ip", HOST, "--rpc-bind-port", str(self.daemon_port),
             "--rpc-ssl", "disabled", "--p2p-bind-ip", HOST,
             "--p2p-bind-port", str(self.p2p_port),
             "--log-file", str(self.base / "monerod.monero.log"),
         ]
+        if self.zmq_pub_port:
+            args += ["--zmq-rpc-bind-ip", HOST, "--zmq-rpc-bind-port", str(self.zmq_rpc_port),
+                     "--zmq-pub", self.zmq_pub_endpoint]
+        else:
+            args += ["--no-zmq"]
         self.daemon_proc = _spawn(args, self.base / "monerod.log", self.base)
 
     def _wait_daemon(self, deadline: float) -> None:

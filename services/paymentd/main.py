@@ -1,14 +1,18 @@
-"""lthn-paymentd: polls the provider's wallet and credits authids (issue #3).
+"""lthn-paymentd: watches the provider's wallet and credits authids (issues #3, #16).
 
-One poll: refresh the wallet, read its height, list incoming transfers (mined above the
-scan height, and the pool), ask about watched payments the list no longer shows, then
-apply it all in one ledger transaction (crediting.py). The daemon loop publishes the
-queued messages after commit.
+The watch (schedule.py says when): a POOL step lists the wallet's pool several times a
+second and credits new payments at 0 confirmations without refreshing the wallet; a SCAN
+refreshes the wallet and lists what was mined above the scan height too, asks about
+watched payments the list no longer shows, and stores the scan height. Scans run when a
+block arrives (the daemon's ZMQ chain_main when `wallet.daemon_zmq` is set, otherwise a
+refresh every `wallet.refresh_interval` that finds the height moved) and when a payment
+leaves the pool. Each step applies what it found in one ledger transaction
+(crediting.py); the daemon loop publishes the queued messages after commit.
 
 Wallet states (published as wallet.state, one log line per change):
-  UNKNOWN -> UP      first good poll
-  UP      -> DOWN    a poll failed (unreachable, slow, garbage); retry with backoff
-  DOWN    -> UP      a poll worked again; the scan height makes it catch up
+  UNKNOWN -> UP      first good step
+  UP      -> DOWN    a step failed (unreachable, slow, garbage); retry with backoff
+  DOWN    -> UP      a step worked again; the scan height makes it catch up
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from lthn.daemon import Daemon, run_daemon
 from lthn.ledger import Ledger
 from lthn.messages import WalletState
 from lthn.requests import Grant, Topup
-from services.paymentd.crediting import Crediting
+from services.paymentd.crediting import Crediting, Outcome
+from services.paymentd.daemon_blocks import DaemonBlocks
+from services.paymentd.schedule import MAX_BACKOFF, Step, WatchSchedule
 from services.paymentd.wallet_rpc import Transfer, WalletClient, WalletError
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
+__all__ = ["MAX_BACKOFF", "Paymentd", "Wallet", "main"]
 
 
 class Wallet(enum.Enum):
@@ -48,76 +54,130 @@ class Paymentd(Daemon):
         w = config.wallet
         self.wallet = WalletClient(w.url, w.user, w.password, w.dialect, w.timeout)
         self.crediting = Crediting(config)
+        self.schedule = WatchSchedule(w.poll_interval, w.refresh_interval,
+                                      self.timers.clock())
+        self.blocks = DaemonBlocks(ctx, w.daemon_zmq) if w.daemon_zmq else None
         self.state = Wallet.UNKNOWN
-        self.failures = 0
         self.height = 0
-        self.last_ok = 0.0      # unix time of the last good poll (lthnctl status)
-        self.error = ""         # the last poll's error, "" after a good one
+        # what the last listing showed: a pool listing equal to it changes nothing
+        self.pool: frozenset[Transfer] = frozenset()
+        self.mined: frozenset[str] = frozenset()
+        self.armed = 0
+        self.spent = (0.0, 0.0, 0.0)   # the last transaction: write lock, apply, commit
+        self.last_ok = 0.0      # unix time of the last good step (lthnctl status)
+        self.error = ""         # the last step's error, "" after a good one
         # money in by hand (issue #19): paymentd owns credit
         self.control.answer(Topup, lambda req, asked: by_hand.topup(ledger, config, req, asked))
         self.control.answer(Grant, lambda req, asked: by_hand.grant(ledger, config, req, asked))
 
+    @property
+    def failures(self) -> int:
+        return self.schedule.failures
+
     def start(self) -> None:
-        log.info("paymentd: watching %s wallet at %s every %.2f s, from block %d",
-                 self.config.wallet.dialect, self.config.wallet.url,
-                 self.config.wallet.poll_interval, self.crediting.scan_height(self.ledger) + 1)
-        # the Publisher waited for the forwarder's subscribe-all, so the first poll's
+        # a debug line per wallet call, ten a second, would bury paymentd's own lines
+        logging.getLogger("urllib3").setLevel(max(logging.INFO, log.getEffectiveLevel()))
+        w = self.config.wallet
+        blocks = f"blocks by refreshing every {w.refresh_interval:g} s"
+        if self.blocks:
+            blocks = f"blocks from the daemon's ZMQ publisher {w.daemon_zmq} ({blocks} " \
+                     "until it is connected)"
+        log.info("paymentd: watching %s wallet at %s: its pool every %g s, %s; from block %d",
+                 w.dialect, w.url, w.poll_interval, blocks,
+                 self.crediting.scan_height(self.ledger) + 1)
+        if self.blocks:
+            self.watch(self.blocks.socket, self.on_blocks)
+            self.watch(self.blocks.monitor, self.on_daemon_link)
+        # the Publisher waited for the forwarder's subscribe-all, so the first step's
         # messages are not lost to the slow-joiner effect (lthn.bus.Publisher)
-        self.timers.after(0, self.poll)
+        self.arm()
 
     def stop(self) -> None:
+        if self.blocks:
+            self.unwatch(self.blocks.socket)
+            self.unwatch(self.blocks.monitor)
+            self.blocks.close()
         self.wallet.close()
 
-    # --- one poll, then schedule the next ---
+    # --- the schedule drives the wallet ---
 
-    def poll(self) -> None:
-        self.poll_now()
-        self.timers.after(self.next_delay(), self.poll)
+    def arm(self) -> None:
+        """One timer for the next due step; earlier timers become no-ops."""
+        self.armed += 1
+        token = self.armed
+        delay = max(0.0, self.schedule.wake_at() - self.timers.clock())
+        self.timers.after(delay, lambda: self.tick() if token == self.armed else None)
 
-    def poll_now(self) -> None:
+    def tick(self) -> None:
+        step = self.schedule.due(self.timers.clock())
+        if step is not None:
+            self.run_step(step)
+        self.arm()
+
+    def run_step(self, step: Step) -> None:
         stats = self.control.stats
         try:
-            self.poll_once()
+            if step is Step.SCAN:
+                self.scan(refresh=True)
+            elif step is Step.REFRESH:
+                self.check_blocks()
+            else:
+                self.list_pool()
         except WalletError as exc:
             stats.count("wallet_polls_total", {"result": "error"})
             self.wallet_down(str(exc))
         except Exception as exc:
             # a bug must not stop crediting for good: log it, back off, try again
-            log.exception("paymentd: poll failed")
+            log.exception("paymentd: %s step failed", step.value)
             stats.count("wallet_polls_total", {"result": "error"})
             self.wallet_down(f"internal error: {type(exc).__name__}")
         else:
             stats.count("wallet_polls_total", {"result": "ok"})
             self.last_ok, self.error = time.time(), ""
             self.wallet_up()
+            self.schedule.done(step, self.timers.clock())
         stats.gauge("wallet_up", 1 if self.state is Wallet.UP else 0)
         stats.gauge("wallet_height", self.height)
 
-    # --- lthnctl (issue #19) ---
+    def on_blocks(self) -> None:
+        assert self.blocks is not None
+        if self.blocks.drain():
+            self.schedule.want_scan()
+            self.tick()
 
-    def status_details(self) -> dict:
-        return {"wallet": self.state.value, "url": self.config.wallet.url,
-                "height": self.height, "scanned": self.crediting.scan_height(self.ledger),
-                "last_poll_ok": self.last_ok, "failures": self.failures,
-                "error": self.error}
+    def on_daemon_link(self) -> None:
+        assert self.blocks is not None
+        changes = self.blocks.link_changes()
+        if not changes:
+            return
+        connected = changes[-1]
+        if connected != self.schedule.pushed:
+            if connected:
+                log.info("daemon ZMQ %s: connected; blocks are followed as they arrive",
+                         self.blocks.endpoint)
+            else:
+                log.warning("daemon ZMQ %s: disconnected; refreshing every %g s until it "
+                            "is back", self.blocks.endpoint, self.config.wallet.refresh_interval)
+        self.schedule.daemon_pushes(connected, self.timers.clock())
+        self.tick()
 
-    def refresh(self) -> str:
-        """Poll the wallet now (the next timed poll still comes when it was due)."""
-        self.poll_now()
-        if self.state is Wallet.UP:
-            return f"paymentd: polled the wallet, height {self.height}"
-        return f"paymentd: polled the wallet: {self.state.value.lower()} ({self.error})"
+    # --- the steps ---
 
-    def poll_once(self) -> None:
-        self.wallet.refresh()
-        height = self.wallet.get_height()
+    def scan(self, refresh: bool, height: int | None = None) -> None:
+        """Everything since the scan height: mined transfers, the pool, vanished ones."""
+        if refresh:
+            self.wallet.refresh()
+        if height is None:
+            height = self.wallet.get_height()
+        asked = time.perf_counter()
         transfers = self.wallet.get_transfers(self.crediting.query_height(self.ledger))
+        listed = time.perf_counter()
         vanished: list[str] = []
         extra: list[Transfer] = []
         missing = self.crediting.missing(self.ledger, transfers)
         if missing and height - 1 < self.crediting.scan_height(self.ledger):
             # the wallet is below blocks we already scanned (restored, still syncing): its
-            # silence about a payment means nothing yet, so nothing is revoked this poll
+            # silence about a payment means nothing yet, so nothing is revoked this time
             log.debug("wallet at height %d is behind the scan height; %d missing payments "
                       "wait", height, len(missing))
             missing = []
@@ -128,17 +188,84 @@ class Paymentd(Daemon):
                 extra += found
             else:
                 vanished.append(txid)
-        with self.ledger.transaction() as tx:
-            outcome = self.crediting.apply(tx, transfers + extra, height, vanished)
+        outcome = self.apply(transfers + extra, height, tuple(vanished))
         self.height = height
+        self.mined = frozenset(t.txid for t in transfers if not t.in_pool)
+        self.pool = frozenset(t for t in transfers if t.in_pool and t.txid not in self.mined)
+        self.report("scan", outcome, asked, listed)
+
+    def check_blocks(self) -> None:
+        """Read new blocks; scan when any came (or the wallet's own timer read some: the
+        height moved), else list the pool as usual."""
+        fetched = self.wallet.refresh()
+        height = self.wallet.get_height()
+        if fetched or height != self.height:
+            self.scan(refresh=False, height=height)
+        else:
+            self.list_pool()
+
+    def list_pool(self) -> None:
+        """Credit what is new in the pool. Costs one wallet call and a set comparison
+        when nothing changed, which is nearly always."""
+        asked = time.perf_counter()
+        transfers = self.wallet.get_pool_transfers()
+        listed = time.perf_counter()
+        # a stale pool entry must never turn a mined payment back into a pool one: only a
+        # scan (after a refresh) says a mined payment went back to the pool (a reorg)
+        pool = frozenset(t for t in transfers if t.txid not in self.mined)
+        if pool == self.pool:
+            return
+        changed = {t.txid for t in pool ^ self.pool}
+        gone = {t.txid for t in self.pool} - {t.txid for t in pool}
+        # whole transactions: merge() adds up the parts of one txid, so pass them all
+        fresh = [t for t in pool if t.txid in changed]
+        if fresh:
+            # the scan height stays what the last scan stored (self.height is from it)
+            self.report("pool", self.apply(fresh, self.height), asked, listed)
+        self.pool = pool
+        if gone:
+            # left the pool: mined, or dropped; only a refresh and a scan tell which
+            self.schedule.want_scan()
+
+    def apply(self, transfers: list[Transfer], height: int, vanished: tuple[str, ...] = ()
+              ) -> Outcome:
+        """One ledger transaction; the time of its parts kept for `report`."""
+        began = time.perf_counter()
+        with self.ledger.transaction() as tx:
+            locked = time.perf_counter()
+            outcome = self.crediting.apply(tx, transfers, height, vanished)
+            applied = time.perf_counter()
+        self.spent = (locked - began, applied - locked, time.perf_counter() - applied)
+        return outcome
+
+    def report(self, kind: str, outcome: Outcome, asked: float, listed: float) -> None:
+        """Log what a step changed, after its commit; with the timings a bench reads."""
+        if outcome.credited or outcome.confirmed or outcome.revoked or outcome.rejected:
+            committed = time.perf_counter()
+            wall = time.time()
+            lock, work, commit = (x * 1000 for x in self.spent)
+            log.debug("paymentd: %s listing took %.1f ms, applying and committing %.1f ms "
+                      "(write lock %.1f, apply %.1f, commit %.1f) [listed at %.6f, "
+                      "committed at %.6f]", kind, (listed - asked) * 1000,
+                      (committed - listed) * 1000, lock, work, commit,
+                      wall - (committed - listed), wall)
         outcome.log(log)
 
-    def next_delay(self) -> float:
-        interval = self.config.wallet.poll_interval
-        if self.state is not Wallet.DOWN:
-            return interval
-        # 1, 2, 4 ... times the poll interval, capped: a wallet that comes back is seen soon
-        return min(MAX_BACKOFF, interval * 2 ** min(self.failures - 1, 16))
+    # --- lthnctl (issue #19) ---
+
+    def status_details(self) -> dict:
+        return {"wallet": self.state.value, "url": self.config.wallet.url,
+                "height": self.height, "scanned": self.crediting.scan_height(self.ledger),
+                "last_poll_ok": self.last_ok, "failures": self.failures,
+                "error": self.error}
+
+    def refresh(self) -> str:
+        """Scan the wallet now: refresh, mined and pool transfers (the schedule goes on)."""
+        self.run_step(Step.SCAN)
+        self.arm()
+        if self.state is Wallet.UP:
+            return f"paymentd: polled the wallet, height {self.height}"
+        return f"paymentd: polled the wallet: {self.state.value.lower()} ({self.error})"
 
     # --- wallet state edges ---
 
@@ -151,18 +278,19 @@ class Paymentd(Daemon):
         else:
             log.info("wallet %s: up at height %d", self.config.wallet.url, self.height)
         # UNKNOWN/DOWN -> UP
-        self.state, self.failures = Wallet.UP, 0
+        self.state = Wallet.UP
         self.publish(WalletState(up=True, height=self.height, error=""))
 
     def wallet_down(self, error: str) -> None:
-        self.failures += 1
+        self.schedule.failed(self.timers.clock())
         self.error = error[:200]
         if self.state is Wallet.DOWN:
-            log.debug("wallet %s: still down (%s)", self.config.wallet.url, error)
+            log.debug("wallet %s: still down (%s); next try in %.1f s",
+                      self.config.wallet.url, error, self.schedule.backoff())
             return
         # UNKNOWN/UP -> DOWN
         self.state = Wallet.DOWN
-        log.warning("wallet %s: down (%s); retrying with backoff up to %.0f s",
+        log.warning("wallet %s: down (%s); retrying with backoff up to %.1f s",
                     self.config.wallet.url, error, MAX_BACKOFF)
         self.publish(WalletState(up=False, height=self.height, error=error[:200]))
 

@@ -188,19 +188,26 @@ class WalletClient:
 
     # --- the calls paymentd makes ---
 
-    def refresh(self) -> None:
-        """Make the wallet read new blocks now (it otherwise does so every 20 s).
+    def refresh(self) -> int:
+        """Make the wallet read new blocks now (it otherwise does so every 20 s); returns
+        how many blocks it fetched (more than 0 also when a reorg replaced blocks at the
+        same height).
 
         A wallet without a `refresh` method is asked once and then left to its own timer.
         """
         if not self.can_refresh:
-            return
+            return 0
         try:
-            self.call("refresh", {})
+            result = self.call("refresh", {})
         except WalletRpcError as exc:
             if exc.code != ERROR_METHOD_NOT_FOUND:
                 raise
             self.can_refresh = False
+            return 0
+        if not isinstance(result, dict):
+            raise WalletAnswerError(f"refresh: result must be an object (got {_show(result)})")
+        return _field("refresh", "result", result, "blocks_fetched", int, required=False,
+                      default=0)
 
     def get_height(self) -> int:
         result = self.call("get_height")
@@ -214,6 +221,14 @@ class WalletClient:
         method = TRANSFERS_METHOD[self.dialect]
         result = self.call(method, {"in": True, "pool": True, "filter_by_height": True,
                                     "min_height": max(0, min_height)})
+        return parse_transfers(method, result)
+
+    def get_pool_transfers(self) -> list[Transfer]:
+        """Incoming transfers in the pool only. Needs no `refresh` (the wallet asks the
+        daemon's pool itself) and does not walk the wallet's mined history, so it is cheap
+        enough to ask several times a second (issue #16)."""
+        method = TRANSFERS_METHOD[self.dialect]
+        result = self.call(method, {"in": False, "pool": True})
         return parse_transfers(method, result)
 
     def get_transfer_by_txid(self, txid: str) -> list[Transfer] | None:

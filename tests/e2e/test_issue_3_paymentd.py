@@ -143,7 +143,7 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., PaymentNode]]:
 def _wallet(regtest: RegtestChain) -> dict:
     """The regtest wallet section, scanning from the current block: earlier tests'
     payments are not this test's business (start_height for a fresh ledger, issue #3)."""
-    return dict(regtest.wallet_section(poll_interval=0.2), start_height=regtest.height())
+    return dict(regtest.wallet_section(), start_height=regtest.height())
 
 
 def _credited(node: PaymentNode, txid: str, timeout: float = 15.0) -> Envelope:
@@ -301,7 +301,7 @@ def fake() -> Iterator[FakeWalletServer]:
 
 
 def _fake_wallet_section(fake: FakeWalletServer) -> dict:
-    return {"dialect": "monero", "url": fake.url, "poll_interval": 0.1, "timeout": 1.0}
+    return {"dialect": "monero", "url": fake.url, "refresh_interval": 0.2, "timeout": 1.0}
 
 
 @pytest.mark.parametrize("mode", ["garbage", "http500", "bad_shape", "hang"])
