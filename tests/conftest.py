@@ -26,5 +26,6 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.regtest",
     "tests.fixtures.node",
+    "tests.fixtures.payment_node",
     "tests.fixtures.proxy",
 ]

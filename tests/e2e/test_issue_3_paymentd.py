@@ -9,135 +9,18 @@ a reorg removing a mined transfer).
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import yaml
-import zmq
 
-from lthn import config as config_mod
-from lthn.bus import Envelope, Subscriber
+from lthn.bus import Envelope
 from lthn.demo.regtest import RegtestChain
-from lthn.ledger import Ledger
 from tests.fixtures.common import wait_for
 from tests.fixtures.fake_wallet import FakeWalletServer, fake_entry
+from tests.fixtures.payment_node import AMOUNT, PROVIDER_ID, REPO, PaymentNode
 from tests.fixtures.regtest import new_authid
-
-PROVIDER_ID = "ab" * 32
-AMOUNT = 20_000_000_000          # 0.02 XMR: 20 minutes at 0.001/min
-REPO = Path(__file__).resolve().parents[2]
-BUSD = "import sys; from services.busd.main import main; sys.exit(main(sys.argv[1:]))"
-
-
-class PaymentNode:
-    """lthn-busd + lthn-paymentd on one config in a temporary state dir, plus a bus tap."""
-
-    def __init__(self, tmp_path: Path, wallet: dict, services: list[dict] | None = None
-                 ) -> None:
-        self.state = tmp_path / "state"
-        self.config_path = tmp_path / "node.yaml"
-        self.state.mkdir(parents=True, mode=0o700)
-        data = {
-            "provider": {"id": PROVIDER_ID},
-            "state_dir": str(self.state),
-            "log_level": "debug",
-            "wallet": wallet,
-            "services": services or [
-                {"id": "1A", "name": "proxy", "type": "proxy", "cost": "0.001"}],
-        }
-        self.config_path.write_text(yaml.safe_dump(data))
-        self.config = config_mod.load(self.config_path)
-        self.ctx = zmq.Context()
-        self.busd = self._spawn("busd", ["-c", BUSD])
-        self.subscriber = Subscriber(self.ctx, self.config.subscribe_endpoint,
-                                     ["payment.", "wallet.", "authid.", "node."])
-        self.seen: list[Envelope] = []
-        self.paymentd: subprocess.Popen | None = None
-
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.state.parent / f"{name}.log", "ab")  # the child keeps its own copy
-        try:
-            return subprocess.Popen([sys.executable, *args, "-c", str(self.config_path)],
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
-        finally:
-            log.close()
-
-    # --- paymentd ---
-
-    def start_paymentd(self) -> None:
-        """Start paymentd and wait until its heartbeat reaches our subscriber."""
-        self.paymentd = self._spawn("paymentd", ["-m", "services.paymentd.main"])
-        pid = self.paymentd.pid
-        self.wait_message(lambda e: e.topic == "node.heartbeat" and e.message.pid == pid,
-                          timeout=15, what="paymentd heartbeat on the bus")
-
-    @property
-    def log_path(self) -> Path:
-        return self.state.parent / "paymentd.log"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill_paymentd(self) -> None:
-        assert self.paymentd is not None
-        self.paymentd.send_signal(signal.SIGKILL)
-        self.paymentd.wait(timeout=10)
-
-    def close(self) -> None:
-        for proc in (self.paymentd, self.busd):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        self.subscriber.close()
-        self.ctx.destroy(linger=0)
-
-    # --- the bus and the ledger ---
-
-    def collect(self) -> list[Envelope]:
-        self.seen += self.subscriber.drain()
-        return self.seen
-
-    def wait_message(self, match: Callable[[Envelope], bool], timeout: float = 10.0,
-                     what: str = "a bus message") -> Envelope:
-        def found() -> Envelope | None:
-            if self.paymentd is not None and self.paymentd.poll() is not None:
-                raise AssertionError(f"paymentd exited ({self.paymentd.returncode}):\n"
-                                     + self.log_text()[-3000:])
-            env = self.subscriber.receive(timeout_ms=50)
-            if env is not None:
-                self.seen.append(env)
-            return next((e for e in self.seen if match(e)), None)
-        return wait_for(found, timeout=timeout, interval=0.0, what=what)
-
-    def messages(self, topic: str, **fields: object) -> list[Envelope]:
-        return [e for e in self.collect() if e.topic == topic
-                and all(getattr(e.message, k) == v for k, v in fields.items())]
-
-    def ledger(self) -> Ledger:
-        return Ledger.open(self.config.ledger_path)
-
-
-@pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator[Callable[..., PaymentNode]]:
-    made: list[PaymentNode] = []
-
-    def make(wallet: dict, services: list[dict] | None = None) -> PaymentNode:
-        node = PaymentNode(tmp_path / f"n{len(made)}", wallet, services)
-        made.append(node)
-        return node
-    try:
-        yield make
-    finally:
-        for node in made:
-            node.close()
 
 
 def _wallet(regtest: RegtestChain) -> dict:
@@ -290,15 +173,6 @@ def test_issue_3_wallet_rpc_restart_paymentd_survives_and_catches_up(regtest, no
 
 
 # --- against the fake wallet: answers a real wallet cannot be made to give ---
-
-@pytest.fixture
-def fake() -> Iterator[FakeWalletServer]:
-    server = FakeWalletServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 def _fake_wallet_section(fake: FakeWalletServer) -> dict:
     return {"dialect": "monero", "url": fake.url, "refresh_interval": 0.2, "timeout": 1.0}
