@@ -90,7 +90,7 @@ def node_config(directory: Path, chain: RegtestChain, origin_port: int) -> dict[
     log_port = free_port_pair()
     return {
         "provider": {"id": secrets.token_hex(32), "name": "Lethean demo node"},
-        "wallet": chain.wallet_section(poll_interval=0.5),
+        "wallet": chain.wallet_section(),   # the defaults; daemon_zmq names its publisher
         "services": [{
             "id": SERVICE_ID, "name": "Demo proxy", "type": "proxy", "cost": str(COST),
             "firstPrePaidMinutes": PREPAID_MINUTES, "firstVerificationsNeeded": 0,
@@ -214,7 +214,8 @@ def run(directory: Path) -> int:
     origin = ThreadingHTTPServer(("127.0.0.1", 0), OriginHandler)
     threading.Thread(target=origin.serve_forever, daemon=True, name="demo-origin").start()
     origin_port = origin.server_address[1]
-    chain = RegtestChain(directory / "regtest")
+    # monerod publishes its blocks (ZMQ): confirmations follow them as they come (#16)
+    chain = RegtestChain(directory / "regtest", zmq_pub=True)
     miner = Miner(chain)
     node: subprocess.Popen | None = None
     output = directory / "node.out"
