@@ -34,6 +34,8 @@ Expected at the defaults (pool listed every 0.1 s): total p99 under 300 ms; the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import random
@@ -460,6 +462,9 @@ def main() -> int:
         miner.join()
         prober.close()
         read_logs(node, payments)
+        with open(work / "payments.jsonl", "w") as out:   # per payment, for a closer look
+            for p in payments:
+                out.write(json.dumps(dataclasses.asdict(p)) + "\n")
         report(payments, floor, cost, args.zmq, miner.blocks)
         if args.burst:
             burst(chain, node, sub, args.burst)
@@ -472,7 +477,7 @@ def main() -> int:
         origin.stop()
         chain.stop()
     if args.keep:
-        print(f"  logs in {work}")
+        print(f"  logs and payments.jsonl in {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
     return 0
