@@ -176,15 +176,19 @@ def split_outputs(chain: RegtestChain, wallets: list[WalletProcess], outputs: in
         wallet.refresh()
         for _ in range(math.ceil(outputs / SPLIT)):
             transfer(wallet, [(wallet.address, OUTPUT)] * SPLIT)
-    chain.mine(10)   # change and split outputs unlock after 10 blocks
+    # a block holds only so many transfers: mine until the pool is empty, then 10 more
+    # (change and split outputs unlock 10 blocks after the one that holds them)
+    wait(lambda: chain.mine(1) and not chain.pool_txids(), 120, "the split transfers mined")
+    chain.mine(10)
     for wallet in wallets:
         wallet.refresh()
 
 
 def fund_coinbase(chain: RegtestChain, wallet: WalletProcess, splits: int) -> None:
-    """Enough unlocked coinbase outputs (one per splitting transfer, plus spares)."""
-    chain.mine(splits + 5, to=wallet.address)
-    chain.mine(60)   # coinbase unlocks after 60 blocks
+    """Enough unlocked coinbase outputs: two per splitting transfer (the wallet may pair
+    a second input), plus spares."""
+    chain.mine(2 * splits + 10, to=wallet.address)
+    chain.mine(61)   # coinbase unlocks after 60 blocks
 
 
 def integrated_addresses(chain: RegtestChain, count: int) -> list[tuple[str, str]]:
@@ -372,16 +376,21 @@ def burst(chain: RegtestChain, node: Node, sub: Subscriber, count: int) -> None:
 
     threads = [threading.Thread(target=pay, args=(w, payments[i::2]))
                for i, w in enumerate(wallets)]
-    began = time.monotonic()
+    began_wall = time.time()
     for t in threads:
         t.start()
     activated: dict[str, float] = {}
-    while any(t.is_alive() for t in threads) or (
-            len(activated) < count - len(errors) and time.monotonic() - began < 600):
+    finished = 0.0   # when both payers were done; then at most 60 s more
+    while True:
+        if not finished and not any(t.is_alive() for t in threads):
+            finished = time.monotonic()
+        if finished and (len(activated) >= count - len(errors)
+                         or time.monotonic() - finished > 60):
+            break
         env = sub.receive(timeout_ms=100)
         if env is not None and env.topic == "authid.activated":
             activated.setdefault(env.message.authid, env.ts)
-    paid_in = max(p.returned for p in payments if p.txid) - began
+    paid_in = max(p.returned for p in payments if p.txid) - began_wall
     for p in payments:
         p.activated = activated.get(p.authid, 0.0)
     read_logs(node, payments)
@@ -410,6 +419,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
 
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     work = Path(tempfile.mkdtemp(prefix="lthn-bench-pay-"))
     print(f"work dir {work}; starting regtest ...", flush=True)
     chain = RegtestChain(work / "regtest", zmq_pub=True).start()
@@ -476,6 +486,8 @@ def main() -> int:
         ctx.destroy(linger=0)
         origin.stop()
         chain.stop()
+    print("load average at the end: {:.2f} {:.2f} {:.2f} ({} cores)".format(
+        *os.getloadavg(), os.cpu_count()))
     if args.keep:
         print(f"  logs and payments.jsonl in {work}")
     else:
