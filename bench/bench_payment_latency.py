@@ -408,9 +408,11 @@ def burst(chain: RegtestChain, node: Node, sub: Subscriber, count: int) -> None:
     print(f"burst of {count}: paid in {paid_in:.1f} s by two wallets "
           f"({len(errors)} transfers failed{': ' + errors[0] if errors else ''})")
     print(f"  {'':38} {'p50':>7} {'p99':>7} {'mean':>7}  (ms)")
-    print(f"  {'transfer returned -> authid.activated':38} {ms(published)}")
+    print(f"  {'transfer returned -> authid.activated':38} {ms(published)}  "
+          f"({len(published)} activated)")
     print(f"  {'transfer returned -> authd map add':38} {ms(admitted)}  "
-          f"({len(admitted)} admitted)")
+          f"({len(admitted)} with authd's own add-map line; authd's periodic resync "
+          "adds an authid without one when it runs first)")
     second.stop()
 
 
