@@ -77,6 +77,52 @@ def _exceptions(values: list[str]) -> str | None:
     return None
 
 
+def _address(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "must be an IP address"
+    return None
+
+
+def _addresses(values: list[str]) -> str | None:
+    for v in values:
+        if _address(v):
+            return f'"{v}" is not an IP address'
+    return None
+
+
+def _ipv4_pool(value: str) -> str | None:
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError:
+        return 'must be an IPv4 network in CIDR form, like "10.8.0.0/24"'
+    return None if network.prefixlen <= 29 else "must be /29 or larger"
+
+
+def _ipv6_pool(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        network = ipaddress.IPv6Network(value)
+    except ValueError:
+        return 'must be an IPv6 network in CIDR form, like "fd00:8::/64"'
+    return None if 64 <= network.prefixlen <= 112 else "must be /64 to /112 (OpenVPN's limits)"
+
+
+def _interface(value: str) -> str | None:
+    # what Linux accepts as an interface name; it also goes into OpenVPN's and nft's files
+    if re.match(r"^[A-Za-z0-9_.-]{1,15}$", value):
+        return None
+    return "must be an interface name: 1 to 15 letters, digits, '_', '.' or '-'"
+
+
+def _cipher_list(value: str) -> str | None:
+    if re.match(r"^[A-Za-z0-9-]+(:[A-Za-z0-9-]+)*$", value):
+        return None
+    return 'must be cipher names separated by ":", like "AES-256-GCM:AES-256-CBC"'
+
+
 def parse_exception(text: str) -> tuple[str, int] | None:
     """'127.0.0.1:8080', '[::1]:80', 'origin.test:443', '10.1.0.0/16:80' -> (host, port)."""
     m = re.match(r"^\[?([0-9A-Za-z.:/_-]+?)\]?:(\d{1,5})$", text)
@@ -176,7 +222,38 @@ class Proxy:
 
 @dataclass(frozen=True)
 class Vpn:
-    enabled: bool = setting(False, "VPN mode (OpenVPN); not available in this version")
+    enabled: bool = setting(
+        False, "VPN mode: run OpenVPN and admit paid authids of vpn services (issue #18)")
+    bind: str = setting("0.0.0.0", "address OpenVPN listens on", _address)
+    port: int = setting(1194, "port OpenVPN listens on (clients: vpn[0].port in sdp.json)",
+                        _port)
+    proto: Literal["udp", "tcp"] = setting("udp", "transport clients connect with")
+    network: str = setting("10.8.0.0/24", "IPv4 pool of client tunnel addresses (CIDR)",
+                           _ipv4_pool)
+    network6: str = setting("", "IPv6 pool of client tunnel addresses (CIDR, /64 to /112); "
+                            "empty: IPv4 only", _ipv6_pool)
+    dns: list[str] = setting([], "DNS server addresses pushed to clients", _addresses)
+    routes: list[str] = setting([], "extra routes pushed to clients (CIDR)", _networks)
+    redirect_gateway: bool = setting(
+        True, "push redirect-gateway: clients send all their traffic through the node")
+    device: str = setting("lthnvpn0", "tun device name (the nftables rules match it)",
+                          _interface)
+    outside_interface: str = setting(
+        "", "interface client traffic leaves by, source-NATed (default: the default "
+        "route's)", lambda v: _interface(v) if v else None)
+    allow_networks: list[str] = setting(
+        [], "destination ranges VPN clients may reach despite the egress filter (CIDR)",
+        _networks)
+    deny_networks: list[str] = setting(
+        [], "extra destination ranges VPN clients may not reach (CIDR), beside the "
+        "non-global ones", _networks)
+    data_ciphers: str = setting(
+        "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305:AES-256-CBC",
+        "OpenVPN data-ciphers; AES-256-CBC lets original Lethean clients in", _cipher_list)
+    max_clients: int = setting(1024, "most clients connected at once", _positive)
+    management_socket: str = setting(
+        "", "OpenVPN's management socket, held by lthn-vpnd (default: "
+        "state_dir/run/openvpn.sock)")
 
 
 @dataclass(frozen=True)
@@ -281,6 +358,16 @@ class Config:
         return Path(self.audit.file) if self.audit.file else self.state / "log" / "audit.log"
 
     @property
+    def vpn_management_socket(self) -> Path:
+        return Path(self.vpn.management_socket) if self.vpn.management_socket \
+            else self.state / "run" / "openvpn.sock"
+
+    @property
+    def vpn_clients_path(self) -> Path:
+        """lthn-vpnd's snapshot of the live VPN clients, read by sessiond each tick."""
+        return self.state / "run" / "vpn-clients.json"
+
+    @property
     def certificate_path(self) -> Path:
         return Path(self.proxy.certificate) if self.proxy.certificate \
             else self.state / "tls" / "provider.pem"
@@ -327,11 +414,36 @@ def parse(data: Any, source: str) -> Config:
         if atomic != atomic.to_integral_value():
             parser.fail(f"services[{i}].cost",
                         f"{svc.cost} is finer than one atomic unit (1/{config.wallet.units})")
-    if config.vpn.enabled:
-        parser.fail("vpn.enabled", "VPN mode is not available in this version; set false")
     if not os.path.isabs(config.state_dir):
         parser.fail("state_dir", f'must be an absolute path (got "{config.state_dir}")')
+    if config.vpn.enabled:
+        _check_vpn(parser, config)
     return _with_source(config, source)
+
+
+# a unix socket's path must fit sockaddr_un (108 bytes with the terminating NUL)
+UNIX_SOCKET_MAX = 107
+
+
+def _check_vpn(parser: Parser, config: Config) -> None:
+    """What only matters once VPN mode is on (its defaults are fine while it is off)."""
+    if not any(s.type == "vpn" for s in config.services):
+        parser.fail("vpn.enabled", "no service has type vpn, so nobody could log in; add "
+                    "one to services")
+    if config.vpn.management_socket and not os.path.isabs(config.vpn.management_socket):
+        parser.fail("vpn.management_socket",
+                    f'must be an absolute path (got "{config.vpn.management_socket}")')
+    socket_path = str(config.vpn_management_socket)
+    if len(socket_path.encode()) > UNIX_SOCKET_MAX:
+        parser.fail("vpn.management_socket", f"{socket_path} is {len(socket_path.encode())} "
+                    f"bytes, over the {UNIX_SOCKET_MAX} a unix socket path may have; set a "
+                    "shorter one")
+    # these paths go into OpenVPN's config file, where quotes and line breaks mean syntax
+    for key, value in (("state_dir", config.state_dir),
+                       ("vpn.management_socket", config.vpn.management_socket)):
+        if any(c in value for c in '"\'\\\n\r\t '):
+            parser.fail(key, "must not contain spaces, quotes, backslashes or line breaks "
+                        "in VPN mode (OpenVPN's config file holds it)")
 
 
 def _with_source(config: Config, source: str) -> Config:

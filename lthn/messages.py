@@ -136,6 +136,15 @@ class SessionCut(Message):
     reason: str
 
 
+@message("session.kill")
+class SessionKill(Message):
+    """Ask the adapter of `kind` to end an authid's live sessions now (sessiond -> lthn-vpnd
+    for VPN clients); the adapter publishes session.cut once they are cut."""
+    authid: str
+    kind: str
+    reason: str
+
+
 # --- refusals (authd; firewalld bans from these) ---
 
 @message("access.refused")
@@ -185,7 +194,7 @@ CATALOGUE: dict[str, type[Message]] = {
     cls.topic: cls for cls in (
         PaymentCredited, PaymentConfirmed, PaymentRevoked, PaymentRejected, WalletState,
         AuthidActivated, AuthidDeactivated, AuthidCharged,
-        SessionOpened, SessionClosed, SessionCut,
+        SessionOpened, SessionClosed, SessionCut, SessionKill,
         AccessRefused, BanAdded, BanLifted, ControlResync, NodeHeartbeat,
     )
 }

@@ -13,7 +13,7 @@ import pytest
 from lthn.node.programs import PROGRAMS
 
 REAL_PARTS = sorted({p.binary for p in PROGRAMS if p.binary}
-                    | {"monerod", "monero-wallet-rpc", "openssl"})
+                    | {"monerod", "monero-wallet-rpc", "openssl", "nft", "ping"})
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -10,7 +10,6 @@ what blocks changed.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -27,13 +26,13 @@ import requests
 from requests.auth import HTTPDigestAuth
 
 from lthn.ports import free_port
+from lthn.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 HOST = "127.0.0.1"
-PR_SET_PDEATHSIG = 1
 PAYMENT_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 # fewer blocks than this makes `transfer` hang at 100% CPU (decoy selection)
 MIN_BLOCKS_BEFORE_TRANSFER = 100
@@ -429,23 +428,13 @@ class _Background:
             raise self.error
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the process that started it dies (Linux), so a
-    killed test run or demo leaves no monerod behind."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: stop() is then the only clean-up
-
-
 def _spawn(args: list[str], log_file: Path, cwd: Path) -> subprocess.Popen:
     out = open(log_file, "ab")  # the child keeps its own copy; ours is closed below
     try:
         # own process group: a test runner's Ctrl-C does not reach these half-way
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=str(cwd),
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
     finally:
         out.close()
 

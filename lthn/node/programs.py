@@ -5,8 +5,9 @@ a test keeps the checked-in file equal to the rendering), and so are `lthn-node 
 --without`, the `LTHN_START_<NAME>` variables, the test fixture's program list and the
 README's "What runs" table (`python -m lthn.reference programs`).
 
-To add a program (a new daemon, or openvpn for VPN mode): add a `Program` row here, give
-it a console script in setup.cfg, regenerate supervisord.conf and the README table.
+To add a program: add a `Program` row here, give it a console script in setup.cfg,
+regenerate supervisord.conf and the README table. A program of one mode (`mode="vpn"`)
+starts only when the config turns that mode on (`LTHN_START_<NAME>` is false otherwise).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Program:
     binary: str | None = None   # the Debian program it needs besides Python, if any
     group: bool = False         # numprocs from LTHN_<NAME>_PROCS; named <name>:<name>_<n>
     note: str = ""              # extra comment lines in supervisord.conf
+    mode: str = ""              # "vpn": started only when the config turns that mode on
 
 
 PROGRAMS: tuple[Program, ...] = (
@@ -80,10 +82,31 @@ PROGRAMS: tuple[Program, ...] = (
             "`X-LTHN-*` headers, and passes them to squid.",
             priority=300, stopwaitsecs=10, startsecs=2, binary="haproxy",
             note="SIGTERM is haproxy's hard stop; tunnels are cut."),
+    Program("vpnd", "lthn-vpnd", "services.vpn.main",
+            "VPN mode: holds OpenVPN's management connection, admits or refuses each login "
+            "(the authid as username and password) from the ledger, reports the live "
+            "clients to sessiond, and cuts clients sessiond asks it to.",
+            priority=250, stopwaitsecs=10, mode="vpn",
+            note="Started only when vpn.enabled is true. OpenVPN waits (management-hold) "
+                 "until vpnd is attached; vpnd reconnects whenever OpenVPN restarts."),
+    Program("openvpn", "lthn-openvpn", "services.vpn.run_openvpn",
+            "VPN mode: renders OpenVPN's server config (the node's CA and certificate), "
+            "loads the node's nftables table (forwarding, NAT out of the outside interface, "
+            "egress filter), runs OpenVPN in the foreground and removes the table when it "
+            "stops.",
+            priority=260, stopwaitsecs=15, startsecs=2, binary="openvpn", mode="vpn",
+            note="Started only when vpn.enabled is true. OpenVPN tells its UDP clients it "
+                 "is going (explicit-exit-notify), so they reconnect at once after a "
+                 "restart."),
 )
 
 NAMES: tuple[str, ...] = tuple(p.name for p in PROGRAMS)
 GROUPS: tuple[str, ...] = tuple(p.name for p in PROGRAMS if p.group)
+
+
+def wanted(program: Program, modes: set[str]) -> bool:
+    """Does the node run `program` with these modes on ("vpn" when vpn.enabled)?"""
+    return not program.mode or program.mode in modes
 
 
 def by_name(name: str) -> Program:
@@ -102,7 +125,8 @@ def start_variable(program: Program) -> str:
 
 
 HEADER = """\
-; supervisord config of the Lethean exit node: the bus, the daemons, haproxy, squid.
+; supervisord config of the Lethean exit node: the bus, the daemons, haproxy, squid and,
+; in VPN mode, OpenVPN.
 ;
 ; GENERATED from lthn/node/programs.py (python -m lthn.node.programs > supervisord.conf);
 ; a test keeps this file equal to it. Change the table there, not this file.
@@ -117,7 +141,8 @@ HEADER = """\
 ;   LTHN_CONFIG        the node config file every program reads
 ;   LTHN_STATE_DIR     the node's state dir (`state_dir` in the config)
 ;   LTHN_AUTHD_PROCS   how many authd processes (numprocs; default 1)
-;   LTHN_START_<NAME>  true/false: start that program with the node (default true)
+;   LTHN_START_<NAME>  true/false: start that program with the node (default true; the
+;                      VPN programs, vpnd and openvpn, only when vpn.enabled is true)
 ;
 ; Every program runs in the foreground and logs to stdout, captured into
 ; $LTHN_STATE_DIR/log/<program>.log (authd_<n>.log). SIGTERM is each program's clean

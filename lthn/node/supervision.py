@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 from lthn.config import Config
-from lthn.node.programs import GROUPS, PROGRAMS, by_name, procs_variable, start_variable
+from lthn.node.programs import (
+    GROUPS,
+    PROGRAMS,
+    Program,
+    by_name,
+    procs_variable,
+    start_variable,
+    wanted,
+)
 
 CONF_NAME = "supervisord.conf"
 SHARE_DIR = Path("share") / "lthn-exit-node"
@@ -38,13 +46,27 @@ def tool(name: str) -> str:
     return shutil.which(name) or name
 
 
+def modes(config: Config) -> set[str]:
+    """The optional modes the config turns on."""
+    return {"vpn"} if config.vpn.enabled else set()
+
+
+def node_programs(config: Config) -> tuple[Program, ...]:
+    """The programs this config runs (the VPN ones only in VPN mode)."""
+    on = modes(config)
+    return tuple(p for p in PROGRAMS if wanted(p, on))
+
+
 def environment(config: Config, config_path: str, without: tuple[str, ...] = (),
                 base: dict[str, str] | None = None) -> dict[str, str]:
     """The variables supervisord.conf reads, on top of `base` (default: os.environ)."""
     env = dict(os.environ if base is None else base)
     env["LTHN_CONFIG"] = str(Path(config_path).absolute())
     env["LTHN_STATE_DIR"] = str(config.state)
+    on = modes(config)
     for program in PROGRAMS:
+        if not wanted(program, on):
+            env[start_variable(program)] = "false"   # a VPN program without VPN mode
         env.setdefault(start_variable(program), "true")
         if program.group:
             env.setdefault(procs_variable(program), "1")

@@ -1,0 +1,84 @@
+"""The VPN login decision: may this username/password from this address use the tunnel?
+
+The same rules as proxy admission (issue #18): the username is an authid (16 hex
+characters, any case; the Lethean client sends it upper-case on both lines), the password
+is the same authid, the source address is not banned, and the ledger calls the authid
+ACTIVE for a service of type vpn. Pure: the ledger is asked through two callables.
+
+What the client sent is checked here before anything else looks at it, and never goes
+back to OpenVPN: the refusal reason a client sees is one of the codes below, and the
+detail (for the log) shows the username with `repr` (no control characters, at most 40).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lthn.access import State
+from lthn.authid import AUTHID, short
+from lthn.config import Config
+from lthn.ledger import AuthidRow
+
+MAX_CREDENTIAL = 256   # characters; an authid has 16, anything far longer is an attack
+
+# what a refused client sees (AUTH_FAILED,<code>) and `access.refused` carries
+BAD_REQUEST = "BAD_REQUEST"     # OpenVPN's block for this login was not whole
+BAD_AUTHID = "BAD_AUTHID"       # the username is not an authid
+BAD_PASSWORD = "BAD_PASSWORD"   # the password is not the username's authid
+BANNED = "BANNED"               # the source address is banned (firewalld)
+NO_PAYMENT = "NO_PAYMENT"       # unknown, not (yet or any more) paid, or not a VPN service
+INTERNAL_ERROR = "INTERNAL_ERROR"   # the node could not decide (the ledger failed); retry
+REASONS = (BAD_REQUEST, BAD_AUTHID, BAD_PASSWORD, BANNED, NO_PAYMENT, INTERNAL_ERROR)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""     # one of REASONS when refused
+    authid: str = ""     # the canonical authid, "" when the username is not one
+    detail: str = ""     # for the log; never the password
+
+    @property
+    def verdict(self) -> str:
+        return "admitted" if self.allowed else f"refused {self.reason}"
+
+
+def _shown(text: str) -> str:
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
+
+
+def decide(config: Config, username: str | None, password: str | None, source: str,
+           row_of: Callable[[str], AuthidRow | None],
+           ban_of: Callable[[str], str | None], problem: str = "") -> Decision:
+    """The decision for one login (CONNECT or REAUTH)."""
+    if problem:
+        return Decision(False, BAD_REQUEST, detail=f"malformed login ({problem})")
+    if not username:
+        return Decision(False, BAD_AUTHID, detail="no username")
+    if len(username) > MAX_CREDENTIAL or not AUTHID.match(username):
+        return Decision(False, BAD_AUTHID, detail=f"username {_shown(username)} is not an "
+                        "authid")
+    authid = username.upper()
+    if password is None or len(password) > MAX_CREDENTIAL or not hmac.compare_digest(
+            password.upper().encode("utf-8", "replace"), authid.encode()):
+        return Decision(False, BAD_PASSWORD, authid, "the password is not the authid")
+    if source:
+        ban = ban_of(source)
+        if ban is not None:
+            return Decision(False, BANNED, authid, f"{source} is banned ({ban})")
+    row = row_of(authid)
+    if row is None:
+        return Decision(False, NO_PAYMENT, authid, f"authid {short(authid)} is unknown")
+    service = config.service(row.service_id)
+    if service is None:
+        return Decision(False, NO_PAYMENT, authid,
+                        f"service {row.service_id} is not offered by this node")
+    if service.type != "vpn":
+        return Decision(False, NO_PAYMENT, authid,
+                        f"service {service.key} is a {service.type} service, not vpn")
+    if row.state != State.ACTIVE.value:
+        return Decision(False, NO_PAYMENT, authid,
+                        f"authid {short(authid)} is not active ({row.state})")
+    return Decision(True, "", authid, f"authid {short(authid)} is active")
