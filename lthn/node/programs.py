@@ -53,9 +53,10 @@ PROGRAMS: tuple[Program, ...] = (
             "`access.refused`. Scales with `LTHN_AUTHD_PROCS`.",
             priority=100, stopwaitsecs=10, group=True),
     Program("sessiond", "lthn-sessiond", "services.sessiond.main",
-            "watches each authid's live proxy sessions in haproxy, charges their time per "
-            "tick, and when credit runs out deactivates the authid and cuts its open "
-            "connections and tunnels.",
+            "watches each authid's live proxy sessions in haproxy (and, in VPN mode, its "
+            "OpenVPN clients as vpnd reports them), charges their time per tick, and when "
+            "credit runs out deactivates the authid and cuts its open connections, tunnels "
+            "and VPN clients.",
             priority=100, stopwaitsecs=10),
     Program("firewalld", "lthn-firewalld", "services.firewalld.main",
             "counts `access.refused` events per source address in a sliding window and "

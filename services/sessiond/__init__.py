@@ -5,9 +5,10 @@
     charging.py        what to charge per authid and tick (pure decisions + charge_tick)
     session_book.py    open session rows of one kind, in step with what its adapter sees
     proxy_sessions.py  the proxy adapter: haproxy's stick table, request log, show sess cut
+    vpn_sessions.py    the VPN adapter: lthn-vpnd's client snapshot; cuts by session.kill
     client_map.py      client ip:port -> authid, from haproxy's request-log datagrams
     haproxy_answers.py parsers of `show table` and `show sess`
 
-A VPN adapter (ROADMAP) reports `session_book.Observed` and cuts with client-kill; the
-book and charging do not change.
+Each adapter reports `session_book.Observed` for its kind into its own book; charging
+does not care about kinds (issue #18 added the VPN one without changing either).
 """

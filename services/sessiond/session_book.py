@@ -58,9 +58,10 @@ class SessionBook:
         return {s.authid for s in self.open.values()}
 
     def mark_cut(self, authid: str, reason: str) -> None:
-        """The adapter cut this authid's connections: its rows close as cut."""
+        """The adapter cut this authid's connections: its rows close as cut, with the
+        first reason (a repeated cut of the same session says "not active")."""
         for session in self.open.values():
-            if session.authid == authid:
+            if session.authid == authid and not session.cut_reason:
                 session.cut_reason = reason
 
     def apply(self, tx: Tx, observed: dict[str, Observed],

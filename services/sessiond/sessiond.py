@@ -1,10 +1,11 @@
 """sessiond: tracks sessions, charges time per tick, cuts what may no longer run (issue #4).
 
-Every `sessions.tick` seconds, in one ledger transaction: the adapter's view of live
-sessions is written to the session rows, then every active authid is charged
-(`charging.charge_tick`). After the commit, authids that ran dry are cut at once; so are
-authids deactivated by anyone else (`authid.deactivated` on the bus), and live authids
-the ledger no longer calls active (a missed message, a restart).
+Every `sessions.tick` seconds, in one ledger transaction: each adapter's view of live
+sessions is written to the session rows of its kind (proxy: haproxy; vpn, in VPN mode:
+lthn-vpnd's snapshot of OpenVPN's clients, issue #18), then every active authid is
+charged (`charging.charge_tick`). After the commit, authids that ran dry are cut at once;
+so are authids deactivated by anyone else (`authid.deactivated` on the bus), and live
+authids the ledger no longer calls active (a missed message, a restart).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lthn.requests import AuthidChanged, KillSession, Revoke, SessionKilled, Spe
 from services.sessiond import charging
 from services.sessiond.proxy_sessions import HaproxyTrouble, ProxyAdapter
 from services.sessiond.session_book import Observed, SessionBook
+from services.sessiond.vpn_sessions import VpnAdapter, VpnTrouble
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ class Sessiond(Daemon):
                 HaproxyAdmin(contract.admin_socket_path(config), timeout=1.0),
                 contract.session_log_port(config))
         self.book = SessionBook("proxy", ledger.open_sessions("proxy"))
+        # VPN clients (issue #18): their own adapter and book, charged in the same tick
+        self.vpn: VpnAdapter | None = None
+        if self.tracking and config.vpn.enabled:
+            self.vpn = VpnAdapter(config.vpn_clients_path, self.publish, wall=ledger.clock)
+        self.vpn_book = SessionBook("vpn", ledger.open_sessions("vpn"))
+        self.vpn_last_ok = clock()
+        self.vpn_trouble = ""
         # which client connection carries which authid, kept across a restart so streams
         # opened before it can still be cut
         self.clients_path = config.state / "run" / "sessiond-clients.json"
@@ -74,10 +83,16 @@ class Sessiond(Daemon):
             self.timers.every(PRUNE_EVERY, self.adapter.prune, first=PRUNE_EVERY)
         else:
             log.info("sessiond: session tracking is off; charging wallclock time")
-            if self.book.open:
+            if self.book.open or self.vpn_book.open:
                 # rows left open by a run that tracked: nobody will ever close them
                 with self.ledger.transaction() as tx:
                     self.book.apply(tx, {}, gone_reason="tracking off")
+                    self.vpn_book.apply(tx, {}, gone_reason="tracking off")
+        if self.vpn is not None:
+            log.info("sessiond: tracking VPN sessions (from %s)", self.config.vpn_clients_path)
+        elif self.vpn_book.open:
+            with self.ledger.transaction() as tx:
+                self.vpn_book.apply(tx, {}, gone_reason="vpn mode off")
         self.timers.every(self.config.sessions.tick, self.tick)
 
     def listen(self) -> None:
@@ -123,11 +138,29 @@ class Sessiond(Daemon):
         self.last_poll_ok = self.clock()
         return live
 
+    def observe_vpn(self) -> dict[str, Observed] | None:
+        """lthn-vpnd's view of OpenVPN's clients, or None when it cannot tell us now."""
+        if self.vpn is None:
+            return None
+        try:
+            live = self.vpn.poll()
+        except VpnTrouble as exc:
+            if str(exc) != self.vpn_trouble:
+                log.warning("vpn: %s; retrying every tick", exc)
+                self.vpn_trouble = str(exc)
+            return None
+        if self.vpn_trouble:
+            log.info("vpn: lthn-vpnd reports again")
+            self.vpn_trouble = ""
+        self.vpn_last_ok = self.clock()
+        return live
+
     def tick(self) -> None:
         began = time.monotonic()
         if self.adapter is not None and self.adapter.request_log is None:
             self.listen()
         live = self.observe()
+        vpn_live = self.observe_vpn()
         try:
             with self.ledger.transaction() as tx:
                 closed: set[str] = set()
@@ -136,12 +169,19 @@ class Sessiond(Daemon):
                 elif self.adapter is not None and self.book.open and \
                         self.clock() - self.last_poll_ok > OUTAGE_CLOSE_AFTER:
                     closed = self.book.apply(tx, {}, gone_reason="haproxy unavailable")
-                result = charging.charge_tick(tx, self.config, self.book.authids | closed,
-                                              self.hints)
+                if vpn_live is not None:
+                    closed |= self.vpn_book.apply(tx, vpn_live)
+                elif self.vpn is not None and self.vpn_book.open and \
+                        self.clock() - self.vpn_last_ok > OUTAGE_CLOSE_AFTER:
+                    closed |= self.vpn_book.apply(tx, {}, gone_reason="vpn unavailable")
+                result = charging.charge_tick(
+                    tx, self.config, self.book.authids | self.vpn_book.authids | closed,
+                    self.hints)
         except Exception:
             # rolled back: memory must not run ahead of the ledger (ids of rows never
             # written), so start again from what the ledger holds; retried next tick
             self.book = SessionBook("proxy", self.ledger.open_sessions("proxy"))
+            self.vpn_book = SessionBook("vpn", self.ledger.open_sessions("vpn"))
             self.hints = charging.Hints()
             raise
         if self.adapter is not None:
@@ -151,7 +191,8 @@ class Sessiond(Daemon):
         for authid in result.deactivated:
             log.info("authid %s: deactivated, credit exhausted", short(authid))
         cuts = dict.fromkeys(result.deactivated, "credit exhausted")
-        for authid in self.book.authids - result.active - set(result.deactivated):
+        for authid in (self.book.authids | self.vpn_book.authids) - result.active \
+                - set(result.deactivated):
             cuts[authid] = "not active"   # deactivated while we were not listening
         if cuts:
             self.cut(cuts)
@@ -160,8 +201,11 @@ class Sessiond(Daemon):
 
     # --- lthnctl (issue #19) ---
     def status_details(self) -> dict:
-        return {"open_sessions": len(self.book.open), "tracking": self.tracking,
-                "haproxy": self.trouble or "ok"}
+        details = {"open_sessions": len(self.book.open) + len(self.vpn_book.open),
+                   "tracking": self.tracking, "haproxy": self.trouble or "ok"}
+        if self.vpn is not None:
+            details["vpn"] = self.vpn_trouble or "ok"
+        return details
 
     def on_revoke(self, req: Revoke, asked: Asked) -> AuthidChanged:
         """Refuse the authid (ledger) and cut its live sessions now."""
@@ -194,7 +238,8 @@ class Sessiond(Daemon):
         """Reconcile now: sessions from haproxy, charges, cuts (charging works from the
         ledger's times, so an extra tick charges nothing twice)."""
         self.tick()
-        return f"sessiond: reconciled, {len(self.book.open)} open sessions"
+        return (f"sessiond: reconciled, {len(self.book.open) + len(self.vpn_book.open)} "
+                "open sessions")
 
     # --- cutting ---
     def on_message(self, env: Envelope) -> None:
@@ -205,8 +250,28 @@ class Sessiond(Daemon):
             self.hints = charging.Hints()   # re-read every authid's sessions next tick
 
     def cut(self, reasons: dict[str, str], actor: str = charging.ACTOR) -> dict[str, int]:
-        """Cut the live sessions of each authid (never with tracking off): streams first,
-        all at once, then one transaction for the audit lines and SessionCut messages."""
+        """Cut the live sessions of each authid (never with tracking off); returns how
+        many connections (proxy) and clients (VPN) each had."""
+        counts = self.cut_proxy(reasons, actor)
+        if self.vpn is not None:
+            for authid, count in self.cut_vpn(reasons).items():
+                counts[authid] = counts.get(authid, 0) + count
+        return counts
+
+    def cut_vpn(self, reasons: dict[str, str]) -> dict[str, int]:
+        """Ask lthn-vpnd to cut the authids' VPN clients; it audits and publishes each cut
+        once OpenVPN confirmed it (session.cut, kind vpn). The rows close as cut."""
+        assert self.vpn is not None
+        wanted = {a: r for a, r in reasons.items() if a in self.vpn.authids}
+        counts = self.vpn.cut(wanted) if wanted else {}
+        for authid, count in counts.items():
+            if count:
+                self.vpn_book.mark_cut(authid, wanted[authid])
+        return counts
+
+    def cut_proxy(self, reasons: dict[str, str], actor: str) -> dict[str, int]:
+        """Streams first, all at once, then one transaction for the audit lines and
+        SessionCut messages."""
         if self.adapter is None:
             return {}
         try:
