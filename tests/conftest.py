@@ -28,4 +28,5 @@ pytest_plugins = [
     "tests.fixtures.node",
     "tests.fixtures.payment_node",
     "tests.fixtures.proxy",
+    "tests.fixtures.vpn",
 ]

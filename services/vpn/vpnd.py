@@ -169,6 +169,10 @@ class Vpnd(Daemon):
             return
         known = []
         for row in rows:
+            if not row.address:
+                # listed before it has a tunnel address: a login still being answered, or
+                # one refused and not yet gone; not a session (seen in a real run, #18)
+                continue
             try:
                 known.append((row, parse_authid(row.username)))
             except AuthidError:
