@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
               "default route to take it from; name the interface client traffic leaves by",
               file=sys.stderr)
         return EXIT_CONFIG
+    if not (Path("/sys/class/net") / outside).exists():
+        print(f"Error: {config.source}: vpn.outside_interface: there is no interface "
+              f'"{outside}" here (see `ip link`)', file=sys.stderr)
+        return EXIT_CONFIG
     try:
         path = prepare(config)
     except (OSError, CertificateError) as exc:

@@ -312,6 +312,39 @@ def test_issue_18_openvpn_restart_vpnd_reattaches_and_paid_clients_return(client
     assert rows[0][1].split(":")[0] != rows[-1][1].split(":")[0]   # another OpenVPN pid
 
 
+def test_issue_18_vpnd_restart_keeps_tunnels_and_their_sessions(clients, namespaces):
+    """supervisorctl restart vpnd: the connected client's tunnel carries on, its session
+    row stays the same open row (vpnd reports the same client again after `status 3`),
+    and a new login is answered by the new vpnd."""
+    authid = new_authid("2B")
+    clients.credit(authid, PLENTY)
+    client = clients.client("steady", authid)
+    client.wait_connected()
+
+    def open_rows() -> list[int]:
+        ledger = Ledger.open(clients.config.ledger_path)
+        try:
+            return [r.id for r in ledger.open_sessions("vpn") if r.authid == authid]
+        finally:
+            ledger.close()
+    before = wait_for(open_rows, timeout=5, what="the session row")
+    attached = clients.vpnd_log().count("logins are answered")
+    result = clients.node.ctl("restart", "vpnd")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_for(lambda: clients.vpnd_log().count("logins are answered") > attached, timeout=20,
+             what="the new vpnd attached")
+    # the new vpnd learnt the client from `status 3` (others may be there still: OpenVPN
+    # keeps a UDP client that said goodbye for a few seconds)
+    assert re.search(r"[1-9]\d* clients connected \(attach: [1-9]\d* new to us, 0 gone\)",
+                     clients.vpnd_log().rsplit("vpnd: stopped", 1)[-1])
+    assert namespaces.fetch(namespaces.client, URL) == NODE_OUTSIDE
+    time.sleep(1.0)      # a few sessiond ticks on the new vpnd's snapshots
+    assert open_rows() == before
+    other = new_authid("2B")
+    clients.credit(other, PLENTY)
+    clients.client("after-restart", other).wait_connected()
+
+
 def test_issue_18_real_payment_opens_the_tunnel(clients, regtest, namespaces):
     """A real regtest payment for an authid: lthn-paymentd (beside the node: the wallet
     listens on the host's loopback) credits it, and the client that was refused
