@@ -27,11 +27,12 @@ BUSD = "import sys; from services.busd.main import main; sys.exit(main(sys.argv[
 
 
 class Rig:
-    def __init__(self, tmp_path, ctx: zmq.Context) -> None:
+    def __init__(self, tmp_path, ctx: zmq.Context, tracking: bool = True) -> None:
         self.config = parse({
             "provider": {"id": "ab" * 32}, "state_dir": str(tmp_path / "state"),
             "services": [{"id": "2B", "name": "v", "type": "vpn", "cost": "0.001",
                           "firstPrePaidMinutes": 1}],
+            "sessions": {"tracking": tracking},
             "vpn": {"enabled": True}}, "test.yaml")
         (tmp_path / "node.yaml").write_text(f"provider: {{id: \"{'ab' * 32}\"}}\n"
                                             f"state_dir: {tmp_path / 'state'}\n")
@@ -84,12 +85,22 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path) -> Iterator[Rig]:
+def rig_factory(tmp_path) -> Iterator[Callable[..., Rig]]:
     ctx = zmq.Context()
-    r = Rig(tmp_path, ctx)
-    yield r
-    r.close()
+    made: list[Rig] = []
+
+    def make(**kw: object) -> Rig:
+        made.append(Rig(tmp_path, ctx, **kw))
+        return made[-1]
+    yield make
+    for r in made:
+        r.close()
     ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def rig(rig_factory) -> Rig:
+    return rig_factory()
 
 
 def test_attaches_then_releases_the_hold_and_only_then_asks_status(rig):
@@ -162,3 +173,32 @@ def test_openvpn_going_away_is_said_in_the_snapshot_and_a_new_one_is_attached(ri
     rig.pump(lambda: rig.vpnd.openvpn_pid == 5151 and rig.sent("status 3"))
     rig.pump(lambda: not rig.vpnd.clients.by_cid)             # the new one has nobody
     wait_for(lambda: rig.snapshot()["openvpn_pid"] == 5151, timeout=2)
+
+
+def reauth_block(cid: int, kid: int, authid: str) -> str:
+    return connect_block(cid, kid, authid, authid).replace(">CLIENT:CONNECT,",
+                                                           ">CLIENT:REAUTH,")
+
+
+def deplete(rig: Rig) -> None:
+    with rig.vpnd.ledger.transaction() as tx:
+        access.deactivate(tx, tx.authid(PAID), "credit exhausted", "test")
+
+
+@pytest.mark.parametrize("tracking,answer", [
+    (True, 'client-deny 3 2 "NO_PAYMENT" "NO_PAYMENT"'),
+    (False, "client-auth-nt 3 2"),
+])
+def test_renegotiation_of_an_unpaid_tunnel(rig_factory, tracking, answer):
+    """A REAUTH (key renegotiation) of a tunnel whose authid is no longer paid: refused
+    (the client drops) while sessions are tracked; let through when tracking is off,
+    which leaves running tunnels alone, as it leaves proxy tunnels."""
+    rig = rig_factory(tracking=tracking)
+    rig.fake.status_rows = [status_row(3, PAID, "10.98.0.2")]
+    rig.attached()
+    rig.pump(lambda: rig.vpnd.clients.by_cid)
+    deplete(rig)
+    rig.fake.send(reauth_block(3, 2, PAID))
+    rig.fake.send(connect_block(4, 1, PAID, PAID))      # a new login is refused either way
+    rig.pump(lambda: len(rig.sent("client-")) == 2)
+    assert rig.sent("client-") == [answer, 'client-deny 4 1 "NO_PAYMENT" "NO_PAYMENT"']

@@ -187,12 +187,21 @@ class Vpnd(Daemon):
     # --- what OpenVPN tells us ---
     def on_readable(self) -> None:
         try:
-            self.link.read(self.dispatch)
+            self.link.read(self.dispatch_safely)
         except LinkDown as exc:
             self.detach(str(exc))
             return
         if self.clients.changed:
             self.write_snapshot()
+
+    def dispatch_safely(self, event: Event) -> None:
+        try:
+            self.dispatch(event)
+        except LinkDown:
+            raise
+        except Exception:
+            # a bug on one event must not take the logins of everyone else down
+            log.exception("vpnd: failed to handle %s", event.summary())
 
     def dispatch(self, event: Event) -> None:
         if isinstance(event, ClientBlock):
@@ -234,6 +243,11 @@ class Vpnd(Daemon):
             decision = admission.decide(self.config, block.env.get("username"),
                                         block.env.get("password"), source, self.ledger.authid,
                                         self.ledger.ban_of, block.problem)
+            if not decision.allowed and block.kind == "reauth" and decision.reason == \
+                    admission.NO_PAYMENT and self.left_alone(block.cid, decision.authid):
+                decision = admission.Decision(True, "", decision.authid,
+                                              "session tracking is off: a running tunnel "
+                                              "is left alone")
         except Exception:
             log.exception("vpn client %d: cannot decide; refused for now", block.cid)
             decision = admission.Decision(False, admission.INTERNAL_ERROR,
@@ -252,6 +266,13 @@ class Vpnd(Daemon):
         if not decision.allowed:
             self.publish(AccessRefused(reason=decision.reason, source=source,
                                        authid=decision.authid, destination="", kind=KIND))
+
+    def left_alone(self, cid: int, authid: str) -> bool:
+        """With session tracking off nothing is cut (as proxy tunnels are not): a
+        renegotiation of a tunnel that is up is let through even when it is unpaid."""
+        if self.config.sessions.tracking:
+            return False
+        return any(c.cid == cid for c in self.clients.live_of(authid))
 
     def on_established(self, block: ClientBlock) -> None:
         env = block.env
