@@ -53,8 +53,11 @@ def test_environment_sets_every_variable_supervisord_conf_reads(tmp_path):
     assert env["LTHN_START_SQUID"] == "false"          # the operator's choice is kept
     assert env["LTHN_START_BUSD"] == "true"
     assert env["PATH"] == str(Path(sys.executable).parent) + os.pathsep + "/usr/bin"
-    text = node.supervisord_conf().read_text()
-    for name in ("LTHN_CONFIG", "LTHN_STATE_DIR", "LTHN_AUTHD_PROCS",
+    assert env["LTHN_MODE_FILES"] == ""                 # no VPN mode: no VPN programs
+    conf = node.supervisord_conf()
+    text = conf.read_text() + "".join((conf.parent / f).read_text()
+                                      for f in programs.MODE_FILES.values())
+    for name in ("LTHN_CONFIG", "LTHN_STATE_DIR", "LTHN_AUTHD_PROCS", "LTHN_MODE_FILES",
                  *(f"LTHN_START_{p.upper()}" for p in programs.NAMES)):
         assert f"%(ENV_{name})s" in text
         assert name in env
@@ -83,6 +86,9 @@ def test_supervisord_conf_is_rendered_from_the_program_table():
     conf = Path(node.__file__).resolve().parents[2] / "supervisord.conf"
     assert conf.read_text() == programs.render_supervisord_conf(), \
         "supervisord.conf is stale: run `python -m lthn.node.programs > supervisord.conf`"
+    for mode, name in programs.MODE_FILES.items():
+        assert (conf.parent / name).read_text() == programs.render_supervisord_conf(mode), \
+            f"{name} is stale: run `python -m lthn.node.programs {mode} > {name}`"
 
 
 def test_every_program_has_its_console_script():

@@ -67,6 +67,7 @@ def test_vpn_off_needs_nothing_and_runs_no_vpn_program(tmp_path):
     env = supervision.environment(config, "node.yaml",
                                   base={"LTHN_START_OPENVPN": "true"})
     assert env["LTHN_START_OPENVPN"] == "false" and env["LTHN_START_VPND"] == "false"
+    assert env["LTHN_MODE_FILES"] == ""
 
 
 def test_vpn_on_runs_vpnd_and_openvpn(tmp_path):
@@ -75,6 +76,7 @@ def test_vpn_on_runs_vpnd_and_openvpn(tmp_path):
     env = supervision.environment(config, "node.yaml", base={}, without=("haproxy",))
     assert env["LTHN_START_OPENVPN"] == env["LTHN_START_VPND"] == "true"
     assert env["LTHN_START_HAPROXY"] == "false"
+    assert env["LTHN_MODE_FILES"] == "supervisord-vpn.conf"
     assert config.vpn_management_socket == tmp_path / "state" / "run" / "openvpn.sock"
 
 

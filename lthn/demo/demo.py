@@ -28,11 +28,11 @@ from typing import Any
 import requests
 import yaml
 
+from lthn import config as config_mod
 from lthn.authid import AuthidError, parse_authid
 from lthn.demo.regtest import RegtestChain, RegtestError
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from lthn.node.programs import NAMES
-from lthn.node.supervision import parse_status, process_names, tool
+from lthn.node.supervision import node_programs, parse_status, process_names, tool
 from lthn.ports import free_port, free_port_pair
 
 DEMO_FILE = "demo.json"
@@ -123,7 +123,7 @@ def wait_running(proc: subprocess.Popen, config_path: Path, output: Path,
                  ports: list[int]) -> str | None:
     """Wait until every program is RUNNING and `ports` accept connections (RUNNING only
     means "up for startsecs"); returns a problem if the node dies or stalls."""
-    names = process_names(NAMES)
+    names = process_names(tuple(p.name for p in node_programs(config_mod.load(config_path))))
     deadline = time.monotonic() + START_TIMEOUT
     states: dict[str, str] = {}
     while time.monotonic() < deadline:

@@ -1,13 +1,16 @@
 """The node's programs: one table, from which everything that lists them is derived.
 
-`supervisord.conf` is rendered from it (`python -m lthn.node.programs > supervisord.conf`;
-a test keeps the checked-in file equal to the rendering), and so are `lthn-node run
+`supervisord.conf` is rendered from it (`python -m lthn.node.programs > supervisord.conf`,
+and the VPN programs' `python -m lthn.node.programs vpn > supervisord-vpn.conf`, which it
+includes in VPN mode; a test keeps the checked-in files equal to the rendering), and so are
+`lthn-node run
 --without`, the `LTHN_START_<NAME>` variables, the test fixture's program list and the
 README's "What runs" table (`python -m lthn.reference programs`).
 
 To add a program: add a `Program` row here, give it a console script in setup.cfg,
 regenerate supervisord.conf and the README table. A program of one mode (`mode="vpn"`)
-starts only when the config turns that mode on (`LTHN_START_<NAME>` is false otherwise).
+goes into that mode's file (supervisord-vpn.conf), which supervisord.conf includes only
+when the config turns the mode on (`LTHN_MODE_FILES`).
 """
 
 from __future__ import annotations
@@ -142,8 +145,10 @@ HEADER = """\
 ;   LTHN_CONFIG        the node config file every program reads
 ;   LTHN_STATE_DIR     the node's state dir (`state_dir` in the config)
 ;   LTHN_AUTHD_PROCS   how many authd processes (numprocs; default 1)
-;   LTHN_START_<NAME>  true/false: start that program with the node (default true; the
-;                      VPN programs, vpnd and openvpn, only when vpn.enabled is true)
+;   LTHN_START_<NAME>  true/false: start that program with the node (default true)
+;   LTHN_MODE_FILES    the files of the modes the config turns on, beside this one:
+;                      supervisord-vpn.conf (vpnd, openvpn) with vpn.enabled, else empty;
+;                      a mode that is off has no programs, so `status` lists none of them
 ;
 ; Every program runs in the foreground and logs to stdout, captured into
 ; $LTHN_STATE_DIR/log/<program>.log (authd_<n>.log). SIGTERM is each program's clean
@@ -166,6 +171,19 @@ serverurl=unix://%(ENV_LTHN_STATE_DIR)s/run/supervisor.sock
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[include]
+files=%(ENV_LTHN_MODE_FILES)s
+"""
+
+MODE_FILES = {"vpn": "supervisord-vpn.conf"}
+
+MODE_HEADER = """\
+; supervisord programs of the Lethean exit node's {mode} mode, included by supervisord.conf
+; (its [include] section) when the node config turns the mode on.
+;
+; GENERATED from lthn/node/programs.py (python -m lthn.node.programs {mode} > {file});
+; a test keeps this file equal to it. Change the table there, not this file.
 """
 
 
@@ -209,8 +227,12 @@ def render_program(program: Program) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_supervisord_conf() -> str:
-    return HEADER + "".join(render_program(p) for p in PROGRAMS)
+def render_supervisord_conf(mode: str = "") -> str:
+    """supervisord.conf (`mode` ""), or the file of one mode's programs."""
+    programs = "".join(render_program(p) for p in PROGRAMS if p.mode == mode)
+    if not mode:
+        return HEADER + programs
+    return MODE_HEADER.format(mode=mode, file=MODE_FILES[mode]) + programs
 
 
 def readme_table() -> str:
@@ -221,4 +243,7 @@ def readme_table() -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render_supervisord_conf())
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode and mode not in MODE_FILES:
+        raise SystemExit(f"usage: python -m lthn.node.programs [{'|'.join(MODE_FILES)}]")
+    sys.stdout.write(render_supervisord_conf(mode))

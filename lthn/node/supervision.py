@@ -11,6 +11,7 @@ from pathlib import Path
 from lthn.config import Config
 from lthn.node.programs import (
     GROUPS,
+    MODE_FILES,
     PROGRAMS,
     Program,
     by_name,
@@ -64,9 +65,12 @@ def environment(config: Config, config_path: str, without: tuple[str, ...] = (),
     env["LTHN_CONFIG"] = str(Path(config_path).absolute())
     env["LTHN_STATE_DIR"] = str(config.state)
     on = modes(config)
+    # the programs of a mode that is off are not in supervisord's config at all, so
+    # `status` neither lists them nor exits 3 for them
+    env["LTHN_MODE_FILES"] = " ".join(MODE_FILES[m] for m in sorted(on))
     for program in PROGRAMS:
         if not wanted(program, on):
-            env[start_variable(program)] = "false"   # a VPN program without VPN mode
+            env[start_variable(program)] = "false"
         env.setdefault(start_variable(program), "true")
         if program.group:
             env.setdefault(procs_variable(program), "1")

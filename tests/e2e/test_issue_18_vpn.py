@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lthn import access
 from lthn import config as config_mod
@@ -111,6 +111,16 @@ class VpnNode:
         assert row, f"no {event} audit line for {authid}"
         return row[0]
 
+    def sessions(self, authid: str) -> list[tuple[int, str, str, str]]:
+        """(id, state, source, adapter ref) of the authid's VPN session rows, oldest first."""
+        ledger = Ledger.open(self.config.ledger_path)
+        try:
+            return ledger.conn.execute(
+                "SELECT id, state, source, adapter_ref FROM sessions WHERE authid = ? AND "
+                "kind = 'vpn' ORDER BY id", (authid,)).fetchall()
+        finally:
+            ledger.close()
+
     def vpnd_log(self) -> str:
         return self.node.log_text("vpnd")
 
@@ -153,9 +163,9 @@ def test_issue_18_paid_authid_gets_a_tunnel_that_reaches_out_through_nat(clients
     for blocked in (NODE_OUTSIDE, NODE_TUNNEL, OUTSIDE_PRIVATE):
         assert not namespaces.ping(namespaces.client, blocked), blocked
     assert namespaces.ping(namespaces.client, OUTSIDE_SERVER)
-    row = wait_for(lambda: [r for r in Ledger.open(clients.config.ledger_path).open_sessions(
-        "vpn") if r.authid == authid], timeout=5, what="the VPN session row")[0]
-    assert row.source.startswith("10.99.0.2:")
+    (_, state, source, _), = wait_for(lambda: clients.sessions(authid), timeout=5,
+                                      what="the VPN session row")
+    assert state == "OPEN" and source.startswith("10.99.0.2:")
     assert f"login admitted (authid {authid[:8]}... is active)" in clients.vpnd_log()
 
 
@@ -297,19 +307,10 @@ def test_issue_18_openvpn_restart_vpnd_reattaches_and_paid_clients_return(client
     client.wait_connected(count=2, timeout=30)
     assert wait_for(lambda: namespaces.fetch(namespaces.client, URL), timeout=5,
                     what="traffic after the restart") == NODE_OUTSIDE
-
-    def sessions() -> list[tuple[str, str]]:
-        ledger = Ledger.open(clients.config.ledger_path)
-        try:
-            return ledger.conn.execute("SELECT state, adapter_ref FROM sessions WHERE "
-                                       "authid = ? AND kind = 'vpn' ORDER BY id",
-                                       (authid,)).fetchall()
-        finally:
-            ledger.close()
-    rows = wait_for(lambda: (lambda r: r if len(r) >= 2 and r[-1][0] == "OPEN" else None)(
-        sessions()), timeout=5, what="a new session row for the reconnected client")
-    assert rows[0][0] == "CLOSED"
-    assert rows[0][1].split(":")[0] != rows[-1][1].split(":")[0]   # another OpenVPN pid
+    rows = wait_for(lambda: (lambda r: r if len(r) >= 2 and r[-1][1] == "OPEN" else None)(
+        clients.sessions(authid)), timeout=5, what="a new session row for the client")
+    assert rows[0][1] == "CLOSED"
+    assert rows[0][3].split(":")[0] != rows[-1][3].split(":")[0]   # another OpenVPN pid
 
 
 def test_issue_18_vpnd_restart_keeps_tunnels_and_their_sessions(clients, namespaces):
@@ -322,11 +323,7 @@ def test_issue_18_vpnd_restart_keeps_tunnels_and_their_sessions(clients, namespa
     client.wait_connected()
 
     def open_rows() -> list[int]:
-        ledger = Ledger.open(clients.config.ledger_path)
-        try:
-            return [r.id for r in ledger.open_sessions("vpn") if r.authid == authid]
-        finally:
-            ledger.close()
+        return [row[0] for row in clients.sessions(authid) if row[1] == "OPEN"]
     before = wait_for(open_rows, timeout=5, what="the session row")
     attached = clients.vpnd_log().count("logins are answered")
     result = clients.node.ctl("restart", "vpnd")
@@ -352,7 +349,6 @@ def test_issue_18_real_payment_opens_the_tunnel(clients, regtest, namespaces):
     authid = new_authid("2B")
     config = dict(clients.node.config, wallet=regtest.wallet_section())
     path = clients.dir / "paymentd.yaml"
-    import yaml
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     paymentd = Process([tool("lthn-paymentd"), "-c", str(path)], clients.dir / "paymentd.log")
     try:
@@ -393,4 +389,3 @@ def test_issue_18_node_rules_are_gone_after_it_stops(tmp_path):
         assert "egress: table inet lthn_vpn removed" in node.node.log_text("openvpn")
     finally:
         ns.delete()
-    assert sys.platform == "linux"

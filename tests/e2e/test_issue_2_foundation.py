@@ -265,7 +265,7 @@ def test_issue_2_bad_authd_procs_is_refused(tmp_path, node_config):
 
 
 def test_issue_2_supervisord_conf_names_every_program():
-    text = (ROOT / "supervisord.conf").read_text()
+    text = (ROOT / "supervisord.conf").read_text() + (ROOT / "supervisord-vpn.conf").read_text()
     for program in PROGRAMS:
         assert f"[program:{program}]" in text
         assert f"autostart=%(ENV_LTHN_START_{program.upper()})s" in text
