@@ -57,7 +57,7 @@ def make_ledger(config: config_mod.Config, count: int) -> None:
         with ledger.transaction() as tx:
             for i in range(count):
                 tx.ensure_authid(authid(i), "2B")
-                tx.update_authid(authid(i), credit=10**12)
+                tx.credit(authid(i), 10**12)
                 access.reevaluate(tx, tx.authid(authid(i)), rules, "bench")
     finally:
         ledger.close()

@@ -121,7 +121,7 @@ def with_node(ns: Namespaces, work: Path, path: Path, args: argparse.Namespace) 
     ledger = Ledger.open(config.ledger_path)
     with ledger.transaction() as tx:
         tx.ensure_authid(AUTHID, "2B")
-        tx.update_authid(AUTHID, credit=10**15)
+        tx.credit(AUTHID, 10**15)
         access.reevaluate(tx, tx.authid(AUTHID), access.rules_for(config, config.services[0]),
                           "bench")
     ledger.close()

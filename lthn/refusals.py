@@ -60,11 +60,16 @@ class Refusal(Enum):
                         "The destination is the node, a private or special network, a "
                         "denied domain or a port not allowed (haproxy checks before, squid "
                         "after name resolution).")
+    BAD_PASSWORD = (403, "Access denied: the password is not the authid.",
+                    RefusalKind.BAD_AUTHID,
+                    "VPN login only: the password line is not the username's authid (the "
+                    "Lethean client writes the authid on both lines).")
     BAD_ID = (503, "Wrong provider id.", RefusalKind.BAD_REQUEST,
               "A status request named another provider (`X-LTHN-MgmtID`); the client "
               "gives up.")
     CONNECTION_ERROR = (503, "Status unavailable.", RefusalKind.NODE_FAULT,
-                        "authd failed to answer a status request; the client gives up.")
+                        "authd failed to answer a status request; the client gives up. "
+                        "Also a VPN login vpnd could not decide (the ledger failed).")
     DENY_SRC_IP = (403, "Access denied: this source address is not allowed.",
                    RefusalKind.REFUSED_SOURCE,
                    "The source address is denied by the operator's lists. Not answered yet "

@@ -47,7 +47,7 @@ class Rig:
         ledger = Ledger.open(self.config.ledger_path, clock=self.wall)
         with ledger.transaction() as tx:
             tx.ensure_authid(AUTHID, "2B")
-            tx.update_authid(AUTHID, credit=1200)          # two minutes
+            tx.credit(AUTHID, 1200)          # two minutes
             access.reevaluate(tx, tx.authid(AUTHID), access.rules_for(
                 self.config, self.config.services[0]), "test")
         self.daemon = Sessiond(self.config, ctx, ledger, clock=self.mono)

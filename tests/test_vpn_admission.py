@@ -28,8 +28,8 @@ def world(tmp_path):
     with ledger.transaction() as tx:
         for authid, amount in ((VPN, 10**8), (PROXY, 10**8), (PENDING, 1)):
             service = config.service(authid[:2])
-            row = tx.ensure_authid(authid, service.key)
-            tx.update_authid(authid, credit=row.credit + amount)
+            tx.ensure_authid(authid, service.key)
+            tx.credit(authid, amount)
             access.reevaluate(tx, tx.authid(authid), access.rules_for(config, service), "t")
         tx.conn.execute("INSERT INTO bans (ip, reason, created, expires, count) "
                         "VALUES ('10.99.0.66', 'bad authids', ?, ?, 1)",
@@ -77,7 +77,7 @@ def test_decision(world, username, password, source, reason, detail):
 
 def test_a_login_block_that_is_not_whole_is_refused_whatever_it_says(world):
     decision = decide(world, VPN, VPN, problem="username given twice")
-    assert (decision.allowed, decision.reason) == (False, "BAD_REQUEST")
+    assert (decision.allowed, decision.reason) == (False, "BAD_AUTHID")
     assert decision.detail == "malformed login (username given twice)"
 
 
@@ -88,7 +88,6 @@ def test_a_deactivated_authid_is_refused_until_it_pays_again(world):
         access.deactivate(tx, tx.authid(VPN), "credit exhausted", "t")
     assert decide(world, VPN, VPN).reason == "NO_PAYMENT"
     with ledger.transaction() as tx:
-        row = tx.authid(VPN)
-        tx.update_authid(VPN, credit=row.credit + 10**8)
+        tx.credit(VPN, 10**8)
         access.reevaluate(tx, tx.authid(VPN), access.rules_for(config, service), "t")
     assert decide(world, VPN, VPN).allowed

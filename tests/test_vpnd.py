@@ -42,7 +42,7 @@ class Rig:
         ledger = Ledger.open(self.config.ledger_path)
         with ledger.transaction() as tx:
             tx.ensure_authid(PAID, "2B")
-            tx.update_authid(PAID, credit=10**9)
+            tx.credit(PAID, 10**9)
             access.reevaluate(tx, tx.authid(PAID), access.rules_for(
                 self.config, self.config.services[0]), "test")
         self.fake = FakeOpenVPNManagement(self.config.vpn_management_socket)
@@ -129,7 +129,7 @@ def test_a_smuggled_command_line_is_refused_and_never_sent(rig):
         f">CLIENT:ENV,username={PAID}\n", f">CLIENT:ENV,username={PAID}\nclient-kill 7\n")
     rig.fake.send(block)
     rig.pump(lambda: rig.sent("client-deny"))
-    assert rig.sent("client-") == ['client-deny 0 1 "BAD_REQUEST" "BAD_REQUEST"']
+    assert rig.sent("client-") == ['client-deny 0 1 "BAD_AUTHID" "BAD_AUTHID"']
 
 
 def test_status_rows_without_a_tunnel_address_are_not_sessions(rig):

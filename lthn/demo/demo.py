@@ -157,8 +157,9 @@ def instructions(directory: Path, config: dict[str, Any], origin_port: int) -> s
     port = config["proxy"]["port"]
     first = COST * PREPAID_MINUTES
     origin = f"http://127.0.0.1:{origin_port}/"
+    running = ", ".join(p.name for p in node_programs(config_mod.load(config_path)))
     return f"""
-The demo node is running: {", ".join(NAMES)}
+The demo node is running: {running}
 under supervisord, paid through a local Monero regtest chain. Ctrl-C stops everything.
 
   directory  {directory}

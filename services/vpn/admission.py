@@ -20,17 +20,19 @@ from lthn.access import State
 from lthn.authid import AUTHID, short
 from lthn.config import Config
 from lthn.ledger import AuthidRow
+from lthn.refusals import Refusal
 
 MAX_CREDENTIAL = 256   # characters; an authid has 16, anything far longer is an attack
 
-# what a refused client sees (AUTH_FAILED,<code>) and `access.refused` carries
-BAD_REQUEST = "BAD_REQUEST"     # OpenVPN's block for this login was not whole
-BAD_AUTHID = "BAD_AUTHID"       # the username is not an authid
-BAD_PASSWORD = "BAD_PASSWORD"   # the password is not the username's authid
-BANNED = "BANNED"               # the source address is banned (firewalld)
-NO_PAYMENT = "NO_PAYMENT"       # unknown, not (yet or any more) paid, or not a VPN service
-INTERNAL_ERROR = "INTERNAL_ERROR"   # the node could not decide (the ledger failed); retry
-REASONS = (BAD_REQUEST, BAD_AUTHID, BAD_PASSWORD, BANNED, NO_PAYMENT, INTERNAL_ERROR)
+# what a refused client sees (AUTH_FAILED,<code>) and `access.refused` carries: codes of
+# the one refusal catalogue (lthn/refusals.py), so firewalld weighs them as the proxy's
+BAD_AUTHID = Refusal.BAD_AUTHID.code       # the username is not an authid, or OpenVPN's
+                                           # block for the login was not whole
+BAD_PASSWORD = Refusal.BAD_PASSWORD.code   # the password is not the username's authid
+BANNED = Refusal.BANNED.code               # the source address is banned (firewalld)
+NO_PAYMENT = Refusal.NO_PAYMENT.code       # unknown, not (yet, any more) paid, not vpn
+NODE_FAULT = Refusal.CONNECTION_ERROR.code  # the node could not decide (the ledger failed)
+REASONS = (BAD_AUTHID, BAD_PASSWORD, BANNED, NO_PAYMENT, NODE_FAULT)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def decide(config: Config, username: str | None, password: str | None, source: s
            ban_of: Callable[[str], str | None], problem: str = "") -> Decision:
     """The decision for one login (CONNECT or REAUTH)."""
     if problem:
-        return Decision(False, BAD_REQUEST, detail=f"malformed login ({problem})")
+        return Decision(False, BAD_AUTHID, detail=f"malformed login ({problem})")
     if not username:
         return Decision(False, BAD_AUTHID, detail="no username")
     if len(username) > MAX_CREDENTIAL or not AUTHID.match(username):

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lthn.files import write_atomically
 from services.vpn.management import StatusClient
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,7 @@ def ref(openvpn_pid: int, client: Client) -> str:
 
 
 def write_snapshot(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)   # a reader never sees half a file
+    write_atomically(path, json.dumps(data))   # sessiond never reads half a file
 
 
 class SnapshotError(ValueError):

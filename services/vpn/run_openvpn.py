@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lthn import logs
+from lthn.cli_args import parse_with_config
 from lthn.config import Config
-from lthn.daemon import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, config_argument, load_config_or_exit
+from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from lthn.files import write_atomically
 from lthn.process import die_with_parent
 from lthn.tls import CertificateError, CertificatePaths, ensure_certificates
 from services.vpn import egress, openvpn_config
@@ -30,13 +31,6 @@ from services.vpn import egress, openvpn_config
 OPENVPN = "openvpn"
 NFT = "nft"
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def prepare(config: Config) -> Path:
@@ -47,7 +41,7 @@ def prepare(config: Config) -> Path:
     tls: CertificatePaths = ensure_certificates(config.state / "tls")
     path = openvpn_config.config_path(config)
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    _write(path, openvpn_config.render(config, tls))
+    write_atomically(path, openvpn_config.render(config, tls), mode=0o600)
     return path
 
 
@@ -93,12 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Write the node's OpenVPN server config and nftables table, then run "
                     "OpenVPN in the foreground (VPN mode).")
-    config_argument(parser)
     parser.add_argument("-t", "--test", action="store_true",
                         help="write the config and check the nftables table, then exit")
-    args = parser.parse_args(argv)
-    config = load_config_or_exit(args.config)
-    logs.setup(config.log_level)
+    args, config = parse_with_config(parser, argv)
     if not config.vpn.enabled:
         print(f"Error: {config.source}: vpn.enabled: VPN mode is off; lthn-openvpn has "
               "nothing to run", file=sys.stderr)

@@ -213,7 +213,7 @@ class Vpnd(Daemon):
                 self.on_disconnect(event)
             elif event.kind == "cr_response":
                 # no challenge/response is ever asked; refuse rather than leave it hanging
-                self._send(f'client-deny {event.cid} {event.kid} "{admission.BAD_REQUEST}"')
+                self._send(f'client-deny {event.cid} {event.kid} "{admission.BAD_AUTHID}"')
         elif isinstance(event, ByteCount):
             self.clients.bytes(event.cid, event.received, event.sent)
         elif isinstance(event, ClientAddress):
@@ -250,7 +250,7 @@ class Vpnd(Daemon):
                                               "is left alone")
         except Exception:
             log.exception("vpn client %d: cannot decide; refused for now", block.cid)
-            decision = admission.Decision(False, admission.INTERNAL_ERROR,
+            decision = admission.Decision(False, admission.NODE_FAULT,
                                           detail="the ledger could not be read")
         if decision.allowed:
             command = f"client-auth-nt {block.cid} {block.kid}"

@@ -94,8 +94,8 @@ class VpnNode:
         try:
             with ledger.transaction() as tx:
                 service = self.config.service(authid[:2])
-                row = tx.ensure_authid(authid, service.key)
-                tx.update_authid(authid, credit=row.credit + amount)
+                tx.ensure_authid(authid, service.key)
+                tx.credit(authid, amount)
                 access.reevaluate(tx, tx.authid(authid), access.rules_for(self.config, service),
                                   "test")
         finally:
