@@ -13,10 +13,11 @@ from lthn.config import parse
 from lthn.ledger import Ledger
 from lthn.messages import SessionKill
 from lthn.ports import free_port_pair
+from lthn.vpn.contract import write_snapshot
 from services.sessiond import sessiond as sessiond_mod
 from services.sessiond import vpn_sessions
 from services.sessiond.sessiond import Sessiond
-from services.vpn.clients import ClientTable, write_snapshot
+from services.vpn.clients import ClientTable
 
 AUTHID = "2B00112233445566"
 T0 = 1_700_000_000.0

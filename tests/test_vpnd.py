@@ -17,7 +17,7 @@ from lthn import access
 from lthn.config import parse
 from lthn.ledger import Ledger
 from lthn.messages import AccessRefused, SessionKill
-from services.vpn.clients import read_snapshot
+from lthn.vpn.contract import read_snapshot
 from services.vpn.vpnd import Vpnd
 from tests.fixtures.common import wait_for
 from tests.fixtures.fake_openvpn import FakeOpenVPNManagement, connect_block, status_row

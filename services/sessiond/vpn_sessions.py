@@ -19,8 +19,8 @@ from pathlib import Path
 
 from lthn.authid import short
 from lthn.messages import Message, SessionKill
+from lthn.vpn.contract import SnapshotError, read_snapshot
 from services.sessiond.session_book import Observed
-from services.vpn.clients import SnapshotError, read_snapshot
 
 log = logging.getLogger(__name__)
 

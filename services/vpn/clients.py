@@ -5,26 +5,19 @@ OpenVPN numbers clients (CID) from 0 in each process, so a session's handle (`re
 The table follows >CLIENT:ESTABLISHED / DISCONNECT / BYTECOUNT_CLI and is replaced by
 `status 3` whenever lthn-vpnd (re)attaches, so it converges on what OpenVPN holds.
 
-The snapshot (`run/vpn-clients.json`, Config.vpn_clients_path) is rewritten on every change
-and at least every second; it is a cache, not money (no fsync): sessiond opens, closes and
-charges session rows in the ledger from it, and takes a snapshot older than a few seconds
-for lthn-vpnd being gone.
+The table's snapshot is what sessiond charges from (its format: lthn/vpn/contract.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from lthn.files import write_atomically
+from lthn.vpn.contract import SNAPSHOT_VERSION, ref
 from services.vpn.management import StatusClient
 
 log = logging.getLogger(__name__)
-
-SNAPSHOT_VERSION = 1
 
 
 @dataclass
@@ -111,36 +104,7 @@ class ClientTable:
         """What sessiond reads. `openvpn_pid` 0: not attached (nothing is known live)."""
         clients = []
         if openvpn_pid:
-            clients = [dict(asdict(c), ref=ref(openvpn_pid, c), live=c.live)
+            clients = [dict(asdict(c), ref=ref(openvpn_pid, c.cid, c.since), live=c.live)
                        for c in self.by_cid.values()]
         return {"version": SNAPSHOT_VERSION, "written": written, "vpnd_pid": vpnd_pid,
                 "openvpn_pid": openvpn_pid, "clients": clients}
-
-
-def ref(openvpn_pid: int, client: Client) -> str:
-    """A session's handle: OpenVPN numbers clients from 0 again after it restarts (a new
-    pid, or the same pid after SIGHUP), so the connection time is part of it."""
-    return f"{openvpn_pid}:{client.cid}:{int(client.since)}"
-
-
-def write_snapshot(path: Path, data: dict[str, Any]) -> None:
-    write_atomically(path, json.dumps(data))   # sessiond never reads half a file
-
-
-class SnapshotError(ValueError):
-    """The snapshot file is missing or not what lthn-vpnd writes; the text says which."""
-
-
-def read_snapshot(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SnapshotError(f"{path} does not exist (lthn-vpnd has not run yet)") from None
-    except (OSError, ValueError) as exc:
-        raise SnapshotError(f"{path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("version") != SNAPSHOT_VERSION:
-        raise SnapshotError(f"{path}: not a version {SNAPSHOT_VERSION} snapshot")
-    if not isinstance(data.get("written"), int | float) \
-            or not isinstance(data.get("clients"), list):
-        raise SnapshotError(f"{path}: written or clients missing")
-    return data

@@ -31,8 +31,9 @@ from lthn.config import Config
 from lthn.daemon import Daemon
 from lthn.ledger import Ledger
 from lthn.messages import AccessRefused, SessionCut, SessionKill
+from lthn.vpn.contract import write_snapshot
 from services.vpn import admission
-from services.vpn.clients import ClientTable, write_snapshot
+from services.vpn.clients import ClientTable
 from services.vpn.management import (
     ByteCount,
     ClientAddress,
