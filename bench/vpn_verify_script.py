@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lthn import config as config_mod  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
 from services.vpn import admission  # noqa: E402
+from services.vpn.bans import Bans  # noqa: E402
 
 
 def main() -> int:
@@ -25,9 +27,11 @@ def main() -> int:
     config = config_mod.load(os.environ["LTHN_CONFIG"])
     ledger = Ledger.open(config.ledger_path)
     try:
+        bans = Bans()
+        bans.load(ledger.bans())
         decision = admission.decide(config, username, password,
                                     os.environ.get("untrusted_ip", ""), ledger.authid,
-                                    ledger.ban_of)
+                                    lambda ip: bans.reason_for(ip, time.time()))
     finally:
         ledger.close()
     return 0 if decision.allowed else 1

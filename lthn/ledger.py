@@ -427,12 +427,6 @@ class Ledger:
     def open_sessions(self, kind: str | None = None) -> list[SessionRow]:
         return Tx(self.conn, self.clock()).open_sessions(kind)
 
-    def ban_of(self, ip: str) -> str | None:
-        """The reason `ip` is banned now, or None (bans are firewalld's rows)."""
-        row = self.conn.execute("SELECT reason FROM bans WHERE ip = ? AND expires > ?",
-                                (ip, self.clock())).fetchone()
-        return row[0] if row else None
-
     def audit_lines(self, authid: str | None = None) -> list[tuple[str, str, str, dict]]:
         rows = self.conn.execute(
             "SELECT actor, event, authid, detail FROM audit "

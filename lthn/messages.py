@@ -139,10 +139,12 @@ class SessionCut(Message):
 @message("session.kill")
 class SessionKill(Message):
     """Ask the adapter of `kind` to end an authid's live sessions now (sessiond -> lthn-vpnd
-    for VPN clients); the adapter publishes session.cut once they are cut."""
+    for VPN clients), or only the one whose adapter ref is `ref` (empty: all of them); the
+    adapter publishes session.cut once they are cut."""
     authid: str
     kind: str
     reason: str
+    ref: str
 
 
 # --- refusals (authd; firewalld bans from these) ---

@@ -5,7 +5,8 @@ The provider id is the ed25519 public key in hex (64 characters). `sdp.json` is 
 Lethean's `lvmgmt --generate-sdp` wrote: protocolVersion, the provider (id, name of at
 most 16 characters, nodeType, the CA certificate clients pin, wallet, terms) and its
 services with their prices, rules and endpoints (`"proxy": [{"endpoint", "port":
-"8180/TCP"}]`). Lethean signed it when uploading it, as a compact JWS whose parts are
+"8180/TCP"}]`, and in VPN mode `"vpn": [{"endpoint", "port": "1194/UDP"}]`). Lethean
+signed it when uploading it, as a compact JWS whose parts are
 base64url('{"alg":"EdDSA"}'), base64url(the JSON) and the hex ed25519 signature of the
 second part; `sdp.jws` beside `sdp.json` holds exactly that line, so a descriptor can
 be checked (`lthnctl sdp verify`) and uploaded as Lethean did. Signatures are made and
@@ -116,6 +117,10 @@ def descriptor(config: Config, publication: Publication, ca_pem: str) -> dict[st
     for svc in config.services:
         proxy = [{"endpoint": publication.endpoint, "port": f"{config.proxy.port}/TCP"}] \
             if svc.type == "proxy" else []
+        # what the original client reads to reach OpenVPN: "1194/UDP" (issue #18)
+        vpn = [{"endpoint": publication.endpoint,
+                "port": f"{config.vpn.port}/{config.vpn.proto.upper()}"}] \
+            if svc.type == "vpn" and config.vpn.enabled else []
         services.append({
             "id": svc.key, "name": svc.name, "type": svc.type, "cost": _coins(svc.cost),
             "disable": False, "allowRefunds": svc.allowRefunds,
@@ -126,7 +131,7 @@ def descriptor(config: Config, publication: Publication, ca_pem: str) -> dict[st
             "subsequentVerificationsNeeded": svc.subsequentVerificationsNeeded,
             "certificates": [{"id": 0}],
             "proxy": proxy,
-            "vpn": [],   # VPN endpoints come with VPN mode
+            "vpn": vpn,
         })
     return {
         "protocolVersion": PROTOCOL_VERSION,

@@ -180,7 +180,6 @@ def ledger_workload(path: Path) -> dict[str, Callable[[Ledger], object]]:
         "watched_payments": lambda led: led.watched_payments(10),
         "rejected": lambda led: led.rejected(),
         "open_sessions": lambda led: led.open_sessions(),
-        "ban_of": lambda led: led.ban_of("10.99.0.2"),
         "audit_lines": lambda led: (led.audit_lines(), led.audit_lines(A)),
         "take_outbox": stuck_then_take,
         "outbox_counts": lambda led: led.outbox_counts(),

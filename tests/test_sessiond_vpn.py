@@ -10,9 +10,11 @@ import zmq
 
 from lthn import access
 from lthn.config import parse
+from lthn.control import Asked, Refused
 from lthn.ledger import Ledger
 from lthn.messages import SessionKill
 from lthn.ports import free_port_pair
+from lthn.requests import KillSession
 from lthn.vpn.contract import write_snapshot
 from services.sessiond import sessiond as sessiond_mod
 from services.sessiond import vpn_sessions
@@ -128,13 +130,15 @@ def test_exhaustion_asks_vpnd_to_cut_once_and_the_row_closes_as_cut(rig):
     r.snapshot()
     r.tick(121)                                               # 1200 units are gone
     assert r.daemon.ledger.authid(AUTHID).state == "DEPLETED"
-    assert r.published == [SessionKill(authid=AUTHID, kind="vpn", reason="credit exhausted")]
+    assert r.published == [SessionKill(authid=AUTHID, kind="vpn", reason="credit exhausted",
+                                       ref="")]
     r.snapshot()                                              # vpnd has not cut it yet
     r.tick(122)
     assert len(r.published) == 1                              # not asked again so soon
     r.snapshot()
     r.tick(121 + vpn_sessions.ASK_AGAIN_SECONDS + 1)
-    assert r.published[-1] == SessionKill(authid=AUTHID, kind="vpn", reason="not active")
+    assert r.published[-1] == SessionKill(authid=AUTHID, kind="vpn", reason="not active",
+                                           ref="")
     r.table.killed(3, "credit exhausted")                     # vpnd's client-kill succeeded
     r.snapshot()
     r.tick(125)
@@ -167,3 +171,32 @@ def test_tracking_off_leaves_vpn_clients_alone(rig):
     r.tick(200)                                               # wallclock: credit is gone
     assert r.daemon.ledger.authid(AUTHID).state == "DEPLETED"
     assert r.daemon.ledger.open_sessions("vpn") == [] and r.published == []
+
+
+def test_an_operator_kills_one_vpn_session(rig):
+    """`lthnctl session kill` of a VPN session: sessiond asks lthn-vpnd to cut that one
+    client (by its ref), its row closes as killed; the authid's other client stays."""
+    r = rig()
+    r.table.established(3, AUTHID, "10.99.0.2:41000", T0)
+    r.table.established(4, AUTHID, "10.99.0.3:41000", T0)
+    r.snapshot()
+    r.tick(1)
+    first, second = sorted(r.daemon.ledger.open_sessions("vpn"), key=lambda row: row.id)
+    killed = r.daemon.on_kill(KillSession(session_id=first.id, reason="abuse"),
+                              Asked(sender="t", user="alice"))
+    assert (killed.session_id, killed.kind, killed.connections) == (first.id, "vpn", 1)
+    assert r.published == [SessionKill(authid=AUTHID, kind="vpn",
+                                       reason="killed by lthnctl:alice: abuse",
+                                       ref=first.adapter_ref)]
+    r.table.killed(3, "killed")                               # vpnd did it
+    r.snapshot()
+    r.tick(2)
+    assert [row.id for row in r.daemon.ledger.open_sessions("vpn")] == [second.id]
+    assert [m.reason for m in r.outbox("session.closed")] == [
+        "cut, killed by lthnctl:alice: abuse"]
+    r.table.ended(4, T0 + 3)
+    r.snapshot()
+    r.tick(3)
+    with pytest.raises(Refused):                              # not live any more
+        r.daemon.on_kill(KillSession(session_id=second.id, reason="x"),
+                         Asked(sender="t", user="alice"))

@@ -1,6 +1,7 @@
 """The VPN login decision (services/vpn/admission.py) on a real ledger: the proxy's rules
-(active authid of the right kind of service, source not banned), the password, and what a
-hostile username gets (issue #18)."""
+(active authid of the right kind of service, source not banned: firewalld's ban rows, an
+address or a network, through services/vpn/bans.py), the password, and what a hostile
+username gets (issue #18)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from lthn import access
 from lthn import config as config_mod
 from lthn.ledger import Ledger
 from services.vpn import admission
+from services.vpn.bans import Bans
 
 VPN = "2B00112233445566"
 PROXY = "1A00112233445566"
@@ -31,18 +33,19 @@ def world(tmp_path):
             tx.ensure_authid(authid, service.key)
             tx.credit(authid, amount)
             access.reevaluate(tx, tx.authid(authid), access.rules_for(config, service), "t")
-        tx.conn.execute("INSERT INTO bans (ip, reason, created, expires, count) "
-                        "VALUES ('10.99.0.66', 'bad authids', ?, ?, 1)",
-                        (tx.now, tx.now + 3600))
-        tx.conn.execute("INSERT INTO bans (ip, reason, created, expires, count) "
-                        "VALUES ('10.99.0.67', 'old', ?, ?, 1)", (tx.now - 10, tx.now - 5))
-    yield config, ledger
+        tx.add_ban("10.99.0.66", "bad authids", tx.now + 3600)
+        tx.add_ban("10.98.7.0/24", "destination probes", tx.now + 3600)
+        tx.add_ban("10.99.0.67", "old", tx.now + 5)       # over by the time we look
+        now = tx.now
+    bans = Bans()
+    bans.load(ledger.bans(now))
+    yield config, ledger, lambda ip: bans.reason_for(ip, now + 10)
     ledger.close()
 
 
 def decide(world, username, password, source="10.99.0.2", problem=""):
-    config, ledger = world
-    return admission.decide(config, username, password, source, ledger.authid, ledger.ban_of,
+    config, ledger, ban_of = world
+    return admission.decide(config, username, password, source, ledger.authid, ban_of,
                             problem)
 
 
@@ -60,6 +63,7 @@ def decide(world, username, password, source="10.99.0.2", problem=""):
     ("3C00112233445566", "3C00112233445566", "10.99.0.2", "NO_PAYMENT",
      "authid 3C001122... is unknown"),
     (VPN, VPN, "10.99.0.66", "BANNED", "10.99.0.66 is banned (bad authids)"),
+    (VPN, VPN, "10.98.7.200", "BANNED", "10.98.7.200 is banned (destination probes)"),
     (None, None, "10.99.0.2", "BAD_AUTHID", "no username"),
     ("", "", "10.99.0.2", "BAD_AUTHID", "no username"),
     (VPN + "\nclient-kill 0", VPN, "10.99.0.2", "BAD_AUTHID",
@@ -82,7 +86,7 @@ def test_a_login_block_that_is_not_whole_is_refused_whatever_it_says(world):
 
 
 def test_a_deactivated_authid_is_refused_until_it_pays_again(world):
-    config, ledger = world
+    config, ledger, _ = world
     service = config.service("2B")
     with ledger.transaction() as tx:
         access.deactivate(tx, tx.authid(VPN), "credit exhausted", "t")

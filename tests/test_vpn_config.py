@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from lthn import config as config_mod
+from lthn import sdp
 from lthn.node import supervision
 from lthn.schema import ConfigError
 from lthn.tls import paths_in
@@ -62,8 +63,8 @@ def test_vpn_off_needs_nothing_and_runs_no_vpn_program(tmp_path):
     config = config_mod.parse({"provider": {"id": PROVIDER}, "state_dir": str(tmp_path)},
                               "node.yaml")
     assert not config.vpn.enabled
-    assert [p.name for p in supervision.node_programs(config)] == \
-        ["busd", "paymentd", "authd", "sessiond", "firewalld", "squid", "haproxy"]
+    names = [p.name for p in supervision.node_programs(config)]
+    assert "vpnd" not in names and "openvpn" not in names and "sessiond" in names
     env = supervision.environment(config, "node.yaml",
                                   base={"LTHN_START_OPENVPN": "true"})
     assert env["LTHN_START_OPENVPN"] == "false" and env["LTHN_START_VPND"] == "false"
@@ -136,3 +137,19 @@ def test_egress_table_without_exceptions_or_ipv6(tmp_path):
     assert nft_check(script).returncode == 0
     assert "masquerade" in script and "ip6 saddr" not in script
     assert "nfproto" not in script and "dport 53" not in script
+
+
+def test_sdp_json_names_the_vpn_endpoint_the_original_client_reads(tmp_path):
+    """vpn[0].endpoint and vpn[0].port as "PORT/PROTO" for each vpn service (only in VPN
+    mode); the CA is the node's, as for the proxy (notes/lethean-protocol.md)."""
+    config = parse(tmp_path, {"port": 1195, "proto": "tcp"}, services=[
+        {"id": "1A", "name": "Proxy", "type": "proxy", "cost": "0.001"}, VPN_SERVICE],
+        provider={"id": PROVIDER, "name": "exit"})
+    publication = sdp.Publication("vpn.example.invalid", "iz" + "1" * 95)
+    proxy, vpn = sdp.descriptor(config, publication, "")["services"]
+    assert vpn["vpn"] == [{"endpoint": "vpn.example.invalid", "port": "1195/TCP"}]
+    assert vpn["proxy"] == [] and proxy["vpn"] == []
+    off = config_mod.parse({"provider": {"id": PROVIDER, "name": "exit"},
+                            "state_dir": str(tmp_path),
+                            "services": [VPN_SERVICE]}, "node.yaml")
+    assert sdp.descriptor(off, publication, "")["services"][0]["vpn"] == []

@@ -14,9 +14,10 @@ import pytest
 import zmq
 
 from lthn import access
+from lthn.bus import Envelope
 from lthn.config import parse
 from lthn.ledger import Ledger
-from lthn.messages import AccessRefused, SessionKill
+from lthn.messages import AccessRefused, BanAdded, SessionKill
 from lthn.vpn.contract import read_snapshot
 from services.vpn.vpnd import Vpnd
 from tests.fixtures.common import wait_for
@@ -150,7 +151,7 @@ def test_a_kill_request_cuts_every_client_of_the_authid_once(rig):
                             status_row(5, PAID, "10.98.0.3", source="10.99.0.2:60000")]
     rig.attached()
     rig.pump(lambda: len(rig.vpnd.clients.by_cid) == 2)
-    kill = SessionKill(authid=PAID, kind="vpn", reason="credit exhausted")
+    kill = SessionKill(authid=PAID, kind="vpn", reason="credit exhausted", ref="")
     rig.vpnd.kill(kill.authid, kill.reason)
     rig.vpnd.kill(kill.authid, kill.reason)                 # asked again: no second kill
     rig.pump(lambda: not rig.vpnd.killing)
@@ -160,6 +161,33 @@ def test_a_kill_request_cuts_every_client_of_the_authid_once(rig):
     assert [(m.kind, m.connections, m.reason) for m in cuts] == [("vpn", 2, "credit exhausted")]
     audit = rig.vpnd.ledger.audit_lines(PAID)[-1]
     assert audit[:2] == ("vpnd", "cut") and audit[3]["connections"] == 2
+
+
+def test_a_kill_with_a_ref_cuts_only_that_client(rig):
+    rig.fake.status_rows = [status_row(3, PAID, "10.98.0.2", since=1796139319),
+                            status_row(5, PAID, "10.98.0.3", since=1796139400,
+                                       source="10.99.0.2:60000")]
+    rig.attached()
+    rig.pump(lambda: len(rig.vpnd.clients.by_cid) == 2)
+    rig.vpnd.on_message(Envelope(SessionKill(authid=PAID, kind="vpn", reason="killed",
+                                             ref="4242:5:1796139400"), "sessiond.1", 1, 0.0))
+    rig.pump(lambda: rig.sent("client-kill") and not rig.vpnd.killing)
+    assert rig.sent("client-kill") == ["client-kill 5"]
+    assert [(c["cid"], c["live"]) for c in rig.snapshot()["clients"]] == [(3, True),
+                                                                          (5, False)]
+
+
+def test_a_network_ban_refuses_logins_from_inside_it(rig):
+    with rig.vpnd.ledger.transaction() as tx:
+        tx.add_ban("10.99.0.0/24", "destination probes", tx.now + 60)
+    rig.vpnd.on_message(Envelope(BanAdded(source="10.99.0.0/24", reason="x",
+                                          expires=time.time() + 60, count=1),
+                                 "firewalld.1", 1, 0.0))
+    rig.attached()
+    rig.fake.send(connect_block(0, 1, PAID, PAID, ip="10.99.0.9"))
+    rig.fake.send(connect_block(1, 1, PAID, PAID, ip="10.99.1.9"))
+    rig.pump(lambda: len(rig.sent("client-")) == 2)
+    assert rig.sent("client-") == ['client-deny 0 1 "BANNED" "BANNED"', "client-auth-nt 1 1"]
 
 
 def test_openvpn_going_away_is_said_in_the_snapshot_and_a_new_one_is_attached(rig, tmp_path):

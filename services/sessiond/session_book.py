@@ -64,6 +64,12 @@ class SessionBook:
             if session.authid == authid and not session.cut_reason:
                 session.cut_reason = reason
 
+    def mark_cut_ref(self, ref: str, reason: str) -> None:
+        """One session was cut (by hand): its row closes as cut."""
+        session = self.open.get(ref)
+        if session is not None and not session.cut_reason:
+            session.cut_reason = reason
+
     def apply(self, tx: Tx, observed: dict[str, Observed],
               gone_reason: str = "ended") -> set[str]:
         """Open, update and close rows so they match `observed`; returns the authids

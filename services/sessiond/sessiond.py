@@ -223,12 +223,24 @@ class Sessiond(Daemon):
             raise Refused(f"session {req.session_id}: not in the ledger")
         if row.state != "OPEN":
             raise Refused(f"session {req.session_id}: already closed ({row.end_reason})")
-        if self.adapter is None:
+        if not self.tracking:
             raise Refused("sessions are not tracked (sessions.tracking is false): "
                           "nothing to cut")
-        if row.kind != self.adapter.kind:
+        if row.kind == "vpn" and self.vpn is not None:
+            # one OpenVPN client: lthn-vpnd cuts it (and audits the cut) by its ref
+            reason = f"killed by {asked.actor}: {req.reason}"
+            count = self.vpn.kill_session(row.adapter_ref, row.authid, reason)
+            if not count:
+                raise Refused(f"session {req.session_id}: lthn-vpnd does not report it "
+                              "live (vpnd or OpenVPN down?)")
+            self.vpn_book.mark_cut_ref(row.adapter_ref, reason)
+            return SessionKilled(session_id=row.id, authid=row.authid, kind=row.kind,
+                                 connections=count)
+        kinds = [k for k in (self.adapter and self.adapter.kind,
+                             self.vpn and self.vpn.kind) if k]
+        if self.adapter is None or row.kind != self.adapter.kind:
             raise Refused(f"session {req.session_id} is a {row.kind} session; sessiond "
-                          f"cuts {self.adapter.kind} sessions")
+                          f"cuts {' and '.join(kinds) or 'no'} sessions")
         reason = f"killed by {asked.actor}: {req.reason}"
         counts = self.cut({row.authid: reason}, actor=asked.actor)
         return SessionKilled(session_id=row.id, authid=row.authid, kind=row.kind,

@@ -86,8 +86,18 @@ class VpnAdapter:
                 continue
             again = authid in self.asked
             self.asked[authid] = now
-            self.publish(SessionKill(authid=authid, kind=KIND, reason=reason))
+            self.publish(SessionKill(authid=authid, kind=KIND, reason=reason, ref=""))
             log.log(logging.WARNING if again else logging.INFO,
                     "authid %s: %s lthn-vpnd to cut %d VPN clients, %s", short(authid),
                     "asking again" if again else "asked", count, reason)
         return counts
+
+    def kill_session(self, ref: str, authid: str, reason: str) -> int:
+        """Ask lthn-vpnd to cut one client (an operator's `session kill`); returns 1 when
+        it is live as last seen, else 0 (nothing is asked)."""
+        if ref not in self.live:
+            return 0
+        self.publish(SessionKill(authid=authid, kind=KIND, reason=reason, ref=ref))
+        log.info("session %s of authid %s: asked lthn-vpnd to cut it, %s", ref,
+                 short(authid), reason)
+        return 1

@@ -9,6 +9,7 @@
     management.py         parser of the management stream (>CLIENT: blocks, replies)
     management_link.py    the connection: commands in order, each answer to its asker
     admission.py          the auth decision for a client's username/password (pure)
+    bans.py               firewalld's bans in force, checked at login (addresses, networks)
     clients.py            live clients, and the snapshot file sessiond charges from
 
 sessiond charges VPN sessions from the snapshot (services/sessiond/vpn_sessions.py) and

@@ -30,9 +30,10 @@ from lthn.bus import Envelope
 from lthn.config import Config
 from lthn.daemon import Daemon
 from lthn.ledger import Ledger
-from lthn.messages import AccessRefused, SessionCut, SessionKill
-from lthn.vpn.contract import write_snapshot
+from lthn.messages import AccessRefused, BanAdded, BanLifted, SessionCut, SessionKill
+from lthn.vpn.contract import ref, write_snapshot
 from services.vpn import admission
+from services.vpn.bans import RELOAD_SECONDS, Bans
 from services.vpn.clients import ClientTable
 from services.vpn.management import (
     ByteCount,
@@ -71,7 +72,7 @@ def _ip(text: str) -> str:
 
 class Vpnd(Daemon):
     name = "vpnd"
-    prefixes = ["session.kill"]
+    prefixes = ["session.kill", "ban."]
 
     def __init__(self, config: Config, ctx: zmq.Context, ledger: Ledger,
                  wall: Callable[[], float] = time.time) -> None:
@@ -86,9 +87,12 @@ class Vpnd(Daemon):
         self.killing: dict[int, tuple[str, str]] = {}      # cid -> (authid, reason)
         self.cut_counts: dict[str, int] = {}               # authid -> clients cut so far
         self.garbage = 0
+        self.bans = Bans()
 
     # --- attaching ---
     def start(self) -> None:
+        self.reload_bans()
+        self.timers.every(RELOAD_SECONDS, self.reload_bans, first=RELOAD_SECONDS)
         self.attach()
         self.timers.every(RECONNECT_SECONDS, self.attach, first=RECONNECT_SECONDS)
         self.timers.every(SNAPSHOT_SECONDS, self.write_snapshot)
@@ -239,11 +243,13 @@ class Vpnd(Daemon):
 
     def answer_login(self, block: ClientBlock) -> None:
         """client-auth-nt or client-deny for one CONNECT/REAUTH, at once."""
+        began = time.perf_counter()
         source = _ip(block.env.get("untrusted_ip", ""))
         try:
             decision = admission.decide(self.config, block.env.get("username"),
                                         block.env.get("password"), source, self.ledger.authid,
-                                        self.ledger.ban_of, block.problem)
+                                        lambda ip: self.bans.reason_for(ip, self.wall()),
+                                        block.problem)
             if not decision.allowed and block.kind == "reauth" and decision.reason == \
                     admission.NO_PAYMENT and self.left_alone(block.cid, decision.authid):
                 decision = admission.Decision(True, "", decision.authid,
@@ -261,6 +267,10 @@ class Vpnd(Daemon):
                        f'"{decision.reason}"')
         if not self._send(command):
             return
+        # the same names as authd's status answers; watchd labels them by process
+        self.control.stats.observe("auth_decision_seconds", time.perf_counter() - began)
+        self.control.stats.count("auth_decisions_total",
+                                 {"decision": decision.reason or "OK"})
         log.info("vpn client %d from %s: %s %s (%s)", block.cid, source or "?",
                  "re-login" if block.kind == "reauth" else "login", decision.verdict,
                  decision.detail)
@@ -310,11 +320,18 @@ class Vpnd(Daemon):
     def on_message(self, env: Envelope) -> None:
         msg = env.message
         if isinstance(msg, SessionKill) and msg.kind == KIND:
-            self.kill(msg.authid, msg.reason)
+            self.kill(msg.authid, msg.reason, msg.ref)
+        elif isinstance(msg, BanAdded | BanLifted):
+            self.reload_bans()
 
-    def kill(self, authid: str, reason: str) -> int:
-        """client-kill every live client of `authid`; returns how many were asked."""
-        clients = [c for c in self.clients.live_of(authid) if c.cid not in self.killing]
+    def reload_bans(self) -> None:
+        self.bans.load(self.ledger.bans())
+
+    def kill(self, authid: str, reason: str, only: str = "") -> int:
+        """client-kill every live client of `authid` (or only the one whose session ref is
+        `only`); returns how many were asked."""
+        clients = [c for c in self.clients.live_of(authid) if c.cid not in self.killing
+                   and (not only or ref(self.openvpn_pid, c.cid, c.since) == only)]
         if not clients:
             return 0
         if not self.link.connected:
@@ -347,9 +364,25 @@ class Vpnd(Daemon):
             tx.emit(SessionCut(authid=authid, kind=KIND, connections=count, reason=reason))
         log.info("authid %s: cut %d VPN clients, %s", short(authid), count, reason)
 
+    # --- lthnctl (issue #19) ---
+    def status_details(self) -> dict:
+        live = sum(1 for c in self.clients.by_cid.values() if c.live)
+        return {"openvpn": f"attached (pid {self.openvpn_pid})" if self.openvpn_pid
+                else "not attached", "clients": live, "bans": len(self.bans.rows)}
+
+    def refresh(self) -> str:
+        """Re-read the bans and ask OpenVPN for its clients now."""
+        self.reload_bans()
+        if not self.link.connected:
+            return "vpnd: bans re-read; not attached to OpenVPN"
+        self.reconcile()
+        return "vpnd: bans re-read; asked OpenVPN for its clients (status 3)"
+
     # --- the snapshot sessiond reads ---
     def write_snapshot(self) -> None:
         self.clients.prune_ended(self.wall() - ENDED_KEEP_SECONDS)
+        self.control.stats.gauge("vpn_clients",
+                                 sum(1 for c in self.clients.by_cid.values() if c.live))
         try:
             write_snapshot(self.config.vpn_clients_path,
                            self.clients.snapshot(self.wall(), os.getpid(), self.openvpn_pid))
