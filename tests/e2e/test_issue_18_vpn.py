@@ -23,6 +23,7 @@ from lthn import config as config_mod
 from lthn.ledger import Ledger
 from lthn.node.supervision import tool
 from tests.fixtures.common import wait_for
+from tests.fixtures.ctl import lthnctl
 from tests.fixtures.node import Node, default_config, merge
 from tests.fixtures.regtest import new_authid
 from tests.fixtures.vpn import (
@@ -40,7 +41,7 @@ from tests.fixtures.vpn import (
 )
 
 PORT = 1194
-PROGRAMS = ("busd", "sessiond", "vpnd", "openvpn")
+PROGRAMS = ("busd", "sessiond", "firewalld", "vpnd", "openvpn")
 # monero units (10^12 a coin): 0.001 a minute is 16,666,666 a second
 PER_SECOND = 10**9 // 60
 PLENTY = 10**12                   # 1,000 minutes
@@ -340,6 +341,32 @@ def test_issue_18_vpnd_restart_keeps_tunnels_and_their_sessions(clients, namespa
     other = new_authid("2B")
     clients.credit(other, PLENTY)
     clients.client("after-restart", other).wait_connected()
+
+
+def test_issue_18_operator_kills_a_vpn_session_and_bans_a_source(clients, namespaces):
+    """`lthnctl session kill` of a VPN session cuts that client (its row closes as killed,
+    the authid stays paid, so it logs in again); `lthnctl ban add` of the client's address
+    refuses its next login BANNED, `ban del` lets it in again."""
+    authid = new_authid("2B")
+    clients.credit(authid, PLENTY)
+    client = clients.client("operator", authid)
+    client.wait_connected()
+    session_id = wait_for(lambda: [r[0] for r in clients.sessions(authid) if r[1] == "OPEN"],
+                          timeout=5, what="the session row")[0]
+    ran = lthnctl(clients.node, "session", "kill", str(session_id), "--reason", "e2e",
+                  "--json")
+    assert ran.code == 0 and ran.json()["connections"] == 1, ran.stderr
+    client.wait_log("Connection reset command was pushed by server", timeout=5)
+    row = wait_for(lambda: [r for r in clients.sessions(authid) if r[0] == session_id
+                            and r[1] == "CLOSED"], timeout=5, what="the killed row")
+    assert row
+    client.wait_connected(count=2, timeout=20)      # still paid: it comes back
+    assert lthnctl(clients.node, "ban", "add", "10.99.0.0/24", "--reason", "e2e").code == 0
+    refused = clients.client("banned", authid)
+    refused.wait_exit(timeout=20)                   # auth-retry none: it gives up
+    assert "AUTH_FAILED,BANNED" in refused.log()
+    assert lthnctl(clients.node, "ban", "del", "10.99.0.0/24", "--reason", "e2e").code == 0
+    clients.client("unbanned", authid).wait_connected()
 
 
 def test_issue_18_real_payment_opens_the_tunnel(clients, regtest, namespaces):
