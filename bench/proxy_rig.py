@@ -46,6 +46,20 @@ SERVICE = "1A"
 RUN_MAIN = "import sys; from {} import main; sys.exit(main(sys.argv[1:]))"
 
 
+def _with_children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [pid, *(int(child) for child in fh.read().split())]
+    except OSError:
+        return [pid]
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 # --- the origin: keep-alive HTTP/1.1 from memory, in its own process ---
 
 class _OriginProtocol(asyncio.Protocol):
@@ -239,16 +253,11 @@ class ProxyRig:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system, all threads) used so far by haproxy, squid, origin."""
-        # lthn-haproxy and lthn-squid exec their binary: the same pid, no children
+        # lthn-haproxy execs haproxy (the same pid); lthn-squid runs squid as its child
+        # (issue #14), so a process's live children count too
         pids = {"haproxy": self.procs[0].pid, "squid": self.procs[1].pid,
                 "origin": self.origin.proc.pid}
-        tick = os.sysconf("SC_CLK_TCK")
-        out = {}
-        for name, pid in pids.items():
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / tick   # utime, stime
-        return out
+        return {name: sum(map(_cpu_seconds, _with_children(pid))) for name, pid in pids.items()}
 
     def log_tail(self, name: str) -> str:
         path = self.config.state / "log" / f"{name}.log"

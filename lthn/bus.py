@@ -175,19 +175,24 @@ def run_forwarder(ctx: zmq.Context, publish_endpoint: str, subscribe_endpoint: s
         ensure_ipc_dir(ep)
         if ep.startswith("ipc://") and os.path.exists(ep[6:]):
             os.unlink(ep[6:])  # a stale socket file from a killed forwarder
-    xsub = ctx.socket(zmq.XSUB)
-    xsub.bind(publish_endpoint)
-    # subscribe to everything upstream: publishers then send from their first message on,
-    # whether or not a subscriber has asked yet (subscribers still filter on their side)
-    xsub.send(b"\x01")
-    xpub = ctx.socket(zmq.XPUB)
-    xpub.setsockopt(zmq.SNDHWM, 200_000)
-    xpub.bind(subscribe_endpoint)
-    log.info("bus: forwarding %s -> %s", publish_endpoint, subscribe_endpoint)
+    # closed whatever happens, also when the context is terminated (a stop) while binding:
+    # a socket left open would keep ctx.term() waiting for ever
+    sockets: list[zmq.Socket] = []
     try:
+        xsub = ctx.socket(zmq.XSUB)
+        sockets.append(xsub)
+        xpub = ctx.socket(zmq.XPUB)
+        sockets.append(xpub)
+        xsub.bind(publish_endpoint)
+        # subscribe to everything upstream: publishers then send from their first message
+        # on, whether or not a subscriber has asked yet (subscribers still filter)
+        xsub.send(b"\x01")
+        xpub.setsockopt(zmq.SNDHWM, 200_000)
+        xpub.bind(subscribe_endpoint)
+        log.info("bus: forwarding %s -> %s", publish_endpoint, subscribe_endpoint)
         zmq.proxy(xsub, xpub)
     except zmq.ContextTerminated:
         pass
     finally:
-        xsub.close(0)
-        xpub.close(0)
+        for sock in sockets:
+            sock.close(0)

@@ -2,7 +2,14 @@
 
 A daemon subclasses `Daemon`, says which bus prefixes it wants, and supplies handlers.
 Signal handlers only record; the loop acts: SIGTERM/SIGINT run the shutdown path,
-SIGHUP the reload path (one code path each, whoever asks).
+SIGHUP the reload path (one code path each, whoever asks). They are recorded from the
+first line of main() on (lthn.stop_signals), so one that arrives while the daemon starts
+is acted on when its loop begins; the loop looks at it before it waits.
+
+A ledger the daemon cannot write (disk full) is a state, not a crash: the daemon logs
+`ledger <path>: not writable: disk full` once, keeps the reason in `ledger_problem`
+(`lthnctl status` shows it), retries its work at its usual pace, and logs `writable
+again` when a write succeeds (#14).
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ from lthn.bus import Envelope, Publisher, Subscriber
 from lthn.cli_args import parse_with_config
 from lthn.config import Config
 from lthn.daemon_control import DaemonControl
-from lthn.exits import EXIT_FAILED, EXIT_OK
-from lthn.ledger import Ledger, LedgerError
+from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from lthn.ledger import Ledger, LedgerError, LedgerNotWritable
 from lthn.messages import Message, NodeHeartbeat
+from lthn.node.orphans import die_with_supervisord
+from lthn.ports import PortInUse
+from lthn.stop_signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +44,13 @@ log = logging.getLogger(__name__)
 class Timers:
     """Repeating and one-shot timers on a monotonic clock."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 failed: Callable[[Callable[[], Any], Exception], None] | None = None
+                 ) -> None:
         self.clock = clock
         self.heap: list[tuple[float, int, float | None, Callable[[], Any]]] = []
         self.order = itertools.count()
+        self.failed = failed or _log_failure
 
     def every(self, seconds: float, action: Callable[[], Any], first: float = 0.0) -> None:
         heapq.heappush(self.heap, (self.clock() + first, next(self.order), seconds, action))
@@ -58,9 +71,13 @@ class Timers:
                 heapq.heappush(self.heap, (now + period, order, period, action))
             try:
                 action()
-            except Exception:
+            except Exception as exc:
                 # a failing periodic job is logged and retried at its next turn, never fatal
-                log.exception("timer %s failed", getattr(action, "__name__", action))
+                self.failed(action, exc)
+
+
+def _log_failure(action: Callable[[], Any], exc: Exception) -> None:
+    log.error("timer %s failed", getattr(action, "__name__", action), exc_info=exc)
 
 
 class Daemon:
@@ -81,10 +98,11 @@ class Daemon:
         self.handlers: dict[Any, Callable[[], None]] = {}
         if self.subscriber:
             self.watch(self.subscriber.socket, self._on_bus)
-        self.timers = Timers()
+        self.timers = Timers(failed=self._timer_failed)
         self.timers.every(config.bus.heartbeat_interval, self.heartbeat, first=0.5)
         self.stopping = False
         self.pending_signal: int | None = None
+        self.ledger_problem: str | None = None   # why the ledger cannot be written, if so
         # request/reply beside pub/sub: lthnctl's questions and manual changes (#19)
         self.control = DaemonControl(self)
         self.watch(self.control.server.socket, self.control.server.drain)
@@ -105,11 +123,28 @@ class Daemon:
     def flush_outbox(self) -> None:
         """Publish what committed transactions queued (at-least-once after a crash)."""
         while True:
-            batch = self.ledger.take_outbox()
+            try:
+                batch = self.ledger.take_outbox()
+            except LedgerNotWritable:
+                return  # the messages wait in the outbox; the loop reports the ledger
             for msg in batch:
                 self.publisher.publish(msg)
             if len(batch) < 1000:
                 return
+
+    def check_ledger(self) -> None:
+        """Log the ledger's writability when it changes; keep it in `ledger_problem`."""
+        problem = self.ledger.write_problem
+        if problem == self.ledger_problem:
+            return
+        if problem:
+            # writable -> NOT WRITABLE: payments and charges wait, nothing is lost
+            log.error("ledger %s: not writable: %s; work that needs it waits and is "
+                      "retried", self.config.ledger_path, problem)
+        else:
+            # NOT WRITABLE -> writable
+            log.info("ledger %s: writable again", self.config.ledger_path)
+        self.ledger_problem = problem
 
     def heartbeat(self) -> None:
         self.publish(NodeHeartbeat(daemon=self.control.process, pid=os.getpid()))
@@ -143,10 +178,16 @@ class Daemon:
         for env in self.subscriber.drain():
             try:
                 self.on_message(env)
+            except LedgerNotWritable:
+                pass  # reported once by check_ledger; the ledger stays the truth
             except Exception:
                 # a handler bug on one message must not take the daemon down (issue #2)
                 log.exception("%s: failed to handle %s from %s", self.name, env.topic,
                               env.sender)
+
+    def _timer_failed(self, action: Callable[[], Any], exc: Exception) -> None:
+        if not isinstance(exc, LedgerNotWritable):  # that one is check_ledger's to report
+            _log_failure(action, exc)
 
     def _record_signal(self, signum: int, _frame: Any) -> None:
         self.pending_signal = signum
@@ -168,44 +209,87 @@ class Daemon:
             return {}
         return dict(self.poller.poll(timeout_ms))
 
-    def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    def run(self, early: StopSignals | None = None) -> int:
+        """The loop, until SIGTERM/SIGINT; `early` holds a signal that came while the
+        daemon was being built (run_daemon records them from its first line)."""
+        for signum in StopSignals.SIGNALS:
             signal.signal(signum, self._record_signal)
+        if early is not None and early.stop_asked:
+            # (a SIGHUP while starting needs nothing: the config was read just now)
+            log.info("%s: stopping before it started (%s)", self.name,
+                     signal.Signals(early.pending or signal.SIGTERM).name)
+            self._close()
+            return EXIT_OK
         self.start()
         self.flush_outbox()
         log.info("%s: ready", self.name)
         try:
-            while not self.stopping:
+            while True:
+                if self.pending_signal is not None:
+                    self._apply_signal()
+                if self.stopping:
+                    break
                 ready = self.wait(self.timers.ms_until_next(at_most=1000))
                 for sock in ready:
                     self.handlers[sock]()
                 self.timers.run_due()
                 self.flush_outbox()
-                if self.pending_signal is not None:
-                    self._apply_signal()
+                self.check_ledger()
         finally:
             # stop intake first, then finish: a credit must not arrive with nowhere to go
             self.stop()
             self.flush_outbox()
-            self.control.close()
-            if self.subscriber:
-                self.subscriber.close()
-            self.publisher.close()
-            self.ledger.close()
+            self._close()
         log.info("%s: stopped", self.name)
         return EXIT_OK
+
+    def _close(self) -> None:
+        self.control.close()
+        if self.subscriber:
+            self.subscriber.close()
+        self.publisher.close()
+        self.ledger.close()
+
+
+def open_ledger(config: Config, signals: StopSignals,
+                retry_seconds: float = 1.0) -> Ledger | None:
+    """The ledger; while the disk refuses (full), wait for room rather than exit: a
+    daemon that exits is restarted a few times by supervisord and then left FATAL, down
+    for good after the disk is freed (#14). None when a stop came while waiting."""
+    waiting = False
+    while True:
+        try:
+            return Ledger.open(config.ledger_path)
+        except LedgerNotWritable as exc:
+            if not waiting:
+                log.error("%s; waiting for room before starting", exc)
+                waiting = True
+        if signals.stop_asked:
+            return None
+        time.sleep(retry_seconds)  # the disk says nothing when it has room again
 
 
 def run_daemon(cls: Callable[[Config, zmq.Context, Ledger], Daemon],
                argv: list[str] | None = None, description: str = "") -> int:
+    early = StopSignals().install()   # from the first line: see lthn.stop_signals
+    die_with_supervisord()            # no orphan when supervisord is killed (#14)
     _, config = parse_with_config(argparse.ArgumentParser(description=description), argv)
     try:
-        ledger = Ledger.open(config.ledger_path)
+        ledger = open_ledger(config, early)
     except LedgerError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if ledger is None:
+        return EXIT_OK  # stopped while it waited
     ctx = zmq.Context()
     try:
-        return cls(config, ctx, ledger).run()
+        try:
+            daemon = cls(config, ctx, ledger)
+        except PortInUse as exc:
+            # another program holds a port this config names: the operator's to fix
+            ledger.close()
+            print(f"Error: {config.source}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return daemon.run(early)
     finally:
         ctx.destroy(linger=1000)

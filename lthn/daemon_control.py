@@ -83,9 +83,11 @@ class DaemonControl:
 
     # --- the requests every daemon answers ---
     def on_status(self, _req: DaemonStatus, _asked: Asked) -> DaemonInfo:
+        details = self.daemon.status_details()
+        if self.daemon.ledger_problem:   # e.g. "not writable: disk full" (#14)
+            details = details | {"ledger": f"not writable: {self.daemon.ledger_problem}"}
         return DaemonInfo(daemon=self.daemon.name, process=self.process, pid=os.getpid(),
-                          software=VERSION, started=self.started,
-                          details=self.daemon.status_details())
+                          software=VERSION, started=self.started, details=details)
 
     def on_loglevel(self, req: SetLogLevel, asked: Asked) -> LevelSet:
         level = req.level.lower()

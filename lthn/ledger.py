@@ -151,6 +151,29 @@ class LedgerMissing(LedgerError):
     """There is no ledger file where the config says (a reader never creates one)."""
 
 
+class LedgerUnreadable(LedgerError):
+    """The file where the config says is no ledger: damaged, empty, not SQLite (#14)."""
+
+
+class LedgerNotWritable(LedgerError):
+    """A write failed for a reason of the disk's (full, I/O error, read-only), not of the
+    data; the transaction was rolled back, so nothing changed and it can be retried."""
+
+    def __init__(self, path: Path | None, reason: str) -> None:
+        super().__init__(f"ledger {path or ''}: not writable: {reason}")
+        self.reason = reason
+
+
+# primary SQLite result codes whose cause is the disk (sqlite3.Error.sqlite_errorcode)
+_DISK_REASONS = {13: "disk full", 10: "disk I/O error", 8: "read-only"}
+
+
+def disk_reason(exc: sqlite3.Error) -> str | None:
+    """"disk full" for SQLITE_FULL and the like; None for errors of the data or SQL."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else _DISK_REASONS.get(code & 0xFF)
+
+
 class NotApplied(LedgerError):
     """A money verb or state edge found no row to change: the authid is not in the
     ledger, or not in the state the edge leaves. The transaction is rolled back."""
@@ -300,6 +323,21 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def migrate(path: Path, migrations: list[str] = MIGRATIONS) -> int:
     """Bring the file to the newest schema; back it up first when it already has data."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _migrate(path, migrations)
+    except sqlite3.Error as exc:
+        raise unusable(path, exc) from exc
+
+
+def unusable(path: Path, exc: sqlite3.Error) -> LedgerError:
+    """A damaged file ("file is not a database"), a full disk: one line, no traceback."""
+    reason = disk_reason(exc)
+    if reason:
+        return LedgerNotWritable(path, reason)
+    return LedgerError(f"{path}: cannot use the ledger: {exc}")
+
+
+def _migrate(path: Path, migrations: list[str]) -> int:
     conn = _connect(path)
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -354,12 +392,21 @@ class Ledger:
         self.clock = clock
         self.catalogue = catalogue
         self.mark = catalogue_mark(catalogue)
+        self.path: Path | None = None   # for messages; set by open()
+        # why the last transaction could not be written ("disk full"), None once one is
+        self.write_problem: str | None = None
 
     @classmethod
     def open(cls, path: Path, clock: Callable[[], float] = time.time,
              catalogue: Mapping[str, type[Message]] = CATALOGUE) -> Ledger:
+        """Create or migrate, then open; LedgerNotWritable when the disk refuses."""
         migrate(path)
-        return cls(_connect(path), clock, catalogue)
+        try:
+            ledger = cls(_connect(path), clock, catalogue)
+        except sqlite3.Error as exc:
+            raise unusable(path, exc) from exc
+        ledger.path = path
+        return ledger
 
     @classmethod
     def open_existing(cls, path: Path) -> Ledger:
@@ -373,31 +420,44 @@ class Ledger:
             current = schema_version(conn)
         except sqlite3.Error as exc:
             conn.close()
-            raise LedgerError(f"{path}: cannot read the ledger: {exc}") from None
+            raise LedgerUnreadable(f"{path}: cannot read the ledger: {exc}") from None
         if current != len(MIGRATIONS):
             conn.close()
             if current == 0:
-                raise LedgerError(f"{path}: not a ledger yet (schema version 0)")
+                raise LedgerUnreadable(f"{path}: not a ledger yet (schema version 0)")
             if current > len(MIGRATIONS):
                 raise LedgerError(f"{path}: schema version {current} is newer than this "
                                   f"program knows ({len(MIGRATIONS)}); upgrade the node")
             raise LedgerError(f"{path}: schema version {current} is older than this program "
                               f"reads ({len(MIGRATIONS)}); start the node once to migrate it")
-        return cls(conn)
+        ledger = cls(conn)
+        ledger.path = path
+        return ledger
 
     def close(self) -> None:
         self.conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any error."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any error. A write the disk refuses
+        raises LedgerNotWritable (and sets `write_problem`) instead of sqlite3's error."""
         try:
-            yield Tx(self.conn, self.clock())
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Tx(self.conn, self.clock())
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back by itself already (disk full, I/O error)
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            reason = disk_reason(exc)
+            if reason is None:
+                raise
+            self.write_problem = reason
+            raise LedgerNotWritable(self.path, reason) from exc
+        self.write_problem = None
 
     # --- reads outside a transaction (a consistent snapshot each) ---
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -51,3 +54,19 @@ def free_port_pair(tries: int = 200) -> int:
         if port_is_free(port) and port_is_free(port + 1):
             return port
     raise OSError(f"no two adjacent free ports on 127.0.0.1 in {low}-{high}")
+
+
+class PortInUse(Exception):
+    """A port the config names is taken by another program; the text names key and port."""
+
+
+@contextmanager
+def naming(key: str, kind: str, address: tuple[str, int]) -> Iterator[None]:
+    """Around a bind: a taken port raises PortInUse naming the config key (#14)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise PortInUse(f"{key}: {kind} {address[0]}:{address[1]} is already in use by "
+                        "another program; stop it or choose another port") from None

@@ -24,6 +24,10 @@ class CertificateError(RuntimeError):
     """openssl failed; the text carries its own error output."""
 
 
+class CertificateMistake(ValueError):
+    """The configured certificate file is not one haproxy can serve (the operator's)."""
+
+
 @dataclass(frozen=True)
 class CertificatePaths:
     ca_cert: Path          # CA certificate (PEM), what sdp.json publishes
@@ -92,3 +96,18 @@ def _make_server_certificate(p: CertificatePaths) -> None:
         csr.unlink(missing_ok=True)
         ext.unlink(missing_ok=True)
         p.ca_cert.with_suffix(".srl").unlink(missing_ok=True)
+
+
+def certificate_problem(path: str | os.PathLike, key: str = "proxy.certificate") -> str | None:
+    """What is wrong with a configured PEM file haproxy is to serve (its certificate and
+    private key in one file), as `KEY: ...`, or None. One check for lthn-node run and
+    lthn-haproxy, so the same mistake gets the same line and exit code (#14)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return f"{key}: {path} does not exist"
+    except OSError as exc:
+        return f"{key}: cannot read {path} ({exc.strerror})"
+    if "-----BEGIN CERTIFICATE-----" not in text or "PRIVATE KEY-----" not in text:
+        return f"{key}: {path} must hold the certificate and its private key in PEM"
+    return None

@@ -29,4 +29,5 @@ pytest_plugins = [
     "tests.fixtures.payment_node",
     "tests.fixtures.proxy",
     "tests.fixtures.vpn",
+    "tests.fixtures.faults",
 ]

@@ -20,7 +20,7 @@ from lthn import control
 from lthn.cli_args import load_config_or_exit
 from lthn.config import Config
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_ANSWERING
-from lthn.ledger import Ledger, LedgerError, LedgerMissing
+from lthn.ledger import Ledger, LedgerError, LedgerMissing, LedgerUnreadable
 from lthn.node.supervisor_rpc import SupervisorDown, SupervisorRpc
 from lthn.requests import Request
 
@@ -41,11 +41,11 @@ def load_config(path: str) -> Config:
 
 @contextmanager
 def reading_ledger(config: Config) -> Iterator[Ledger]:
-    """The ledger, read only (nothing is created or migrated); a missing one is a usage
-    error (wrong config?)."""
+    """The ledger, read only (nothing is created or migrated); a missing one, or a file
+    there that is no ledger (damaged, empty), is a usage error (wrong config?, #14)."""
     try:
         ledger = Ledger.open_existing(config.ledger_path)
-    except LedgerMissing as exc:
+    except (LedgerMissing, LedgerUnreadable) as exc:
         raise CommandError(EXIT_CONFIG, str(exc)) from None
     except LedgerError as exc:
         raise CommandError(EXIT_FAILED, str(exc)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 
@@ -12,9 +13,17 @@ import zmq
 from lthn.bus import Subscriber
 from lthn.cli_args import config_argument, load_config_or_exit
 from lthn.messages import CATALOGUE
+from lthn.stop_signals import StopSignals
+
+RECEIVE_MS = 500
 
 
 def main(argv: list[str] | None = None) -> int:
+    # recorded from the first line, whatever the inherited disposition: started as a
+    # background job SIGINT is ignored, and a tap once ignored a test's SIGINT for an
+    # hour (#14); the loop below looks at it at least twice a second. SIGHUP (a closed
+    # terminal) keeps its default: it ends the tap at once
+    signals = StopSignals().install((signal.SIGTERM, signal.SIGINT))
     parser = argparse.ArgumentParser(
         description="Watch the node's bus. PREFIX filters topics, e.g. `payment.`.")
     config_argument(parser)
@@ -35,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                      config.bus.max_message_bytes)
     seen = 0
     try:
-        while not args.count or seen < args.count:
-            env = sub.receive(timeout_ms=1000)
+        while (not args.count or seen < args.count) and not signals.stop_asked:
+            env = sub.receive(timeout_ms=RECEIVE_MS)
             if env is None:
                 continue
             seen += 1
@@ -48,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
                 stamp = time.strftime("%H:%M:%S", time.localtime(env.ts))
                 pairs = " ".join(f"{k}={v}" for k, v in fields.items())
                 print(f"{stamp} {env.topic} [{env.sender}#{env.seq}] {pairs}", flush=True)
-    except KeyboardInterrupt:
-        pass
     except BrokenPipeError:
         sys.stderr.close()
     finally:

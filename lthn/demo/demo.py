@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,10 +31,12 @@ import yaml
 
 from lthn import config as config_mod
 from lthn.authid import AuthidError, parse_authid
+from lthn.daemon import StopSignals
 from lthn.demo.regtest import RegtestChain, RegtestError
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from lthn.node.supervision import node_programs, parse_status, process_names, tool
 from lthn.ports import free_port, free_port_pair
+from lthn.process import die_with_parent
 
 DEMO_FILE = "demo.json"
 SERVICE_ID = "1A"
@@ -120,13 +123,14 @@ def _listening(port: int) -> bool:
 
 
 def wait_running(proc: subprocess.Popen, config_path: Path, output: Path,
-                 ports: list[int]) -> str | None:
+                 ports: list[int], stopping: Callable[[], bool]) -> str | None:
     """Wait until every program is RUNNING and `ports` accept connections (RUNNING only
-    means "up for startsecs"); returns a problem if the node dies or stalls."""
+    means "up for startsecs"); returns a problem if the node dies or stalls, None as soon
+    as `stopping()` says so."""
     names = process_names(tuple(p.name for p in node_programs(config_mod.load(config_path))))
     deadline = time.monotonic() + START_TIMEOUT
     states: dict[str, str] = {}
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping():
         if proc.poll() is not None:
             return f"the node exited ({proc.returncode}):\n{_tail(output)}"
         states = ctl_status(config_path)
@@ -209,9 +213,6 @@ def run(directory: Path) -> int:
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     origin = ThreadingHTTPServer(("127.0.0.1", 0), OriginHandler)
     threading.Thread(target=origin.serve_forever, daemon=True, name="demo-origin").start()
     origin_port = origin.server_address[1]
@@ -220,11 +221,26 @@ def run(directory: Path) -> int:
     miner = Miner(chain)
     node: subprocess.Popen | None = None
     output = directory / "node.out"
+    signals = StopSignals()
+    starting = [True]
+
+    def stop_asked(signum: int, _frame: object) -> None:
+        # records (no lock is taken in a handler), whatever SIGINT's inherited
+        # disposition (#14); a chain still starting (half a minute) is killed, so its
+        # start fails at once: the demo's own throwaway chain is not worth waiting for
+        signals.record(signum)
+        if starting[0]:
+            chain.abort()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop_asked)
     try:
         print(f"Starting a local Monero regtest chain in {directory / 'regtest'} "
               "(mining its first blocks takes about half a minute)...", flush=True)
         chain.start(timeout=180)
-        if stop.is_set():
+        starting[0] = False
+        if signals.stop_asked:
+            print("Stopping the regtest chain...", flush=True)
             return EXIT_OK
         config = node_config(directory, chain, origin_port)
         config_path = directory / "node.yaml"
@@ -239,25 +255,37 @@ def run(directory: Path) -> int:
         }, indent=2))
         print("Starting the node under supervisord...", flush=True)
         with open(output, "ab") as out:
+            # supervisord gets SIGTERM (its clean stop) if the demo is killed
             node = subprocess.Popen([tool("lthn-node"), "run", "-c", str(config_path)],
                                     stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=lambda: die_with_parent(signal.SIGTERM))
         proxy = config["proxy"]
         problem = wait_running(node, config_path, output,
-                               [proxy["port"], proxy["squid_port"], proxy["status_port"]])
+                               [proxy["port"], proxy["squid_port"], proxy["status_port"]],
+                               lambda: signals.stop_asked)
+        if signals.stop_asked:
+            print("Stopping the node and the regtest chain...", flush=True)
+            return EXIT_OK
         if problem:
             print(f"Error: {problem}\n(logs: {directory / 'state' / 'log'})", file=sys.stderr)
             return EXIT_FAILED
         miner.start()
         print(instructions(directory, config, origin_port), flush=True)
-        while not stop.wait(0.5):
+        while not signals.stop_asked:
             if node.poll() is not None:
                 print(f"Error: the node stopped ({node.returncode}):\n{_tail(output)}",
                       file=sys.stderr)
                 return EXIT_FAILED
+            time.sleep(0.5)  # the handler only records: looked at twice a second
         print("Stopping the node and the regtest chain...", flush=True)
         return EXIT_OK
-    except RegtestError as exc:
+    except Exception as exc:
+        if signals.stop_asked:  # the stop killed the chain while it started: that failed
+            print("Stopping the regtest chain...", flush=True)
+            return EXIT_OK
+        if not isinstance(exc, RegtestError):
+            raise
         print(f"Error: regtest chain: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:

@@ -193,6 +193,7 @@ class RegtestChain:
         self.daemon_proc: subprocess.Popen | None = None
         self.daemon = Rpc(f"http://{HOST}:{self.daemon_port}/json_rpc")
         self.lock = threading.RLock()  # one payment or mining at a time: wallets are serial
+        self.aborted = False
 
     # --- what users of the chain read ---
 
@@ -234,6 +235,9 @@ class RegtestChain:
             self._spawn_daemon()
             self.provider.spawn()
             self.payer.spawn()
+            if self.aborted:  # abort() came before the processes it would have killed
+                self.abort()
+                raise RegtestError("start aborted")
             self._wait_daemon(deadline)
             # the payer's address is known in advance (fixed seed), so the 100 blocks it
             # needs are mined while the wallets are still being created
@@ -307,6 +311,18 @@ class RegtestChain:
                 _end(self.daemon_proc, 10.0)
             self.daemon_proc = None
             self.daemon.close()
+
+    def abort(self) -> None:
+        """SIGKILL every process of the chain, waiting for nothing: safe in a signal
+        handler. A start() under way then fails within moments (its processes are gone),
+        and stop() finds nothing left to wait for. For a chain that is thrown away."""
+        self.aborted = True
+        for proc in (self.provider.proc, self.payer.proc, self.daemon_proc):
+            if proc is not None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def __enter__(self) -> RegtestChain:
         return self.start()

@@ -8,10 +8,12 @@
     lthn-node demo [--dir DIR]                        a self-contained node on regtest
     lthn-node demo-pay [--dir DIR] AUTHID AMOUNT      pay the demo node from its payer wallet
 
-`run` checks the config (mistakes: `Error: ...`, exit 2, nothing started), makes the state
-dir (0700, with run/ log/ tls/), makes the certificates when the config uses the default
-path, brings the ledger to the current schema, then replaces itself with
-`supervisord -n -c supervisord.conf` with the variables that file reads.
+`run` checks the config (mistakes: `Error: ...`, exit 2, nothing started), refuses to
+start beside a live supervisord of the same state dir (exit 2) and stops what a dead one
+left running, makes the state dir (0700, with run/ log/ tls/), makes the certificates
+when the config uses the default path, brings the ledger to the current schema, then
+replaces itself with supervisord (`lthn.node.supervisord_main`) on supervisord.conf with
+the variables that file reads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lthn.demo import demo
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED
 from lthn.ledger import Ledger, LedgerError
 from lthn.node import init as init_mod
+from lthn.node import orphans
 from lthn.node.programs import NAMES
 from lthn.node.supervision import (
     check_environment,
@@ -47,10 +50,9 @@ def prepare_state(config: Config) -> None:
 
 
 def ensure_tls(config: Config) -> str | None:
-    """Make the default certificates, or check a configured one exists; returns a problem."""
+    """Make the default certificates (a configured one was checked before); returns a
+    problem."""
     if config.proxy.certificate:
-        if not os.access(config.proxy.certificate, os.R_OK):
-            return f"{config.source}: proxy.certificate: cannot read {config.proxy.certificate}"
         return None
     from lthn.tls import CertificateError, ensure_certificates
     try:
@@ -60,10 +62,42 @@ def ensure_tls(config: Config) -> str | None:
     return None
 
 
+def certificate_problem(config: Config) -> str | None:
+    """A configured certificate that haproxy could not serve, as one line (exit 2)."""
+    if not config.proxy.certificate:
+        return None
+    from lthn.tls import certificate_problem as problem_with
+    problem = problem_with(config.proxy.certificate)
+    return f"{config.source}: {problem}" if problem else None
+
+
+def clear_the_way(config: Config, config_path: str) -> str | None:
+    """Refuse (a problem) if a supervisord of this state dir lives; stop the programs a
+    dead one left running, so there is never a second set beside them (#14)."""
+    supervisors, left = orphans.node_processes(config.state)
+    if supervisors:
+        pids = ", ".join(str(p.pid) for p in supervisors)
+        return (f"{config.state}: the node is already running there (supervisord pid "
+                f"{pids}); stop it first: lthn-node ctl -c {config_path} shutdown")
+    if left:
+        names = ", ".join(f"{p.name} (pid {p.pid})" for p in left)
+        print(f"lthn-node: stopping {len(left)} programs a supervisord that died left "
+              f"running in {config.state}: {names}", file=sys.stderr)
+        killed = orphans.stop(left)
+        if killed:
+            print("lthn-node: killed (SIGKILL) after they would not stop: "
+                  + ", ".join(f"{p.name} (pid {p.pid})" for p in killed), file=sys.stderr)
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     env = environment(config, args.config, tuple(args.without))
-    problem = check_environment(env)
+    problem = check_environment(env) or certificate_problem(config)
+    if problem:
+        print(f"Error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    problem = clear_the_way(config, args.config)
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
@@ -84,9 +118,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    supervisord = tool("supervisord")
-    sys.stdout.flush()
-    os.execvpe(supervisord, [supervisord, "-n", "-c", str(conf)], env)
+    print(f"lthn-node: starting the node's programs under supervisord; its log is "
+          f"{config.state / 'log' / 'supervisord.log'}, `lthn-node ctl -c {args.config} "
+          "status` shows them", flush=True)
+    argv = [sys.executable, "-m", "lthn.node.supervisord_main", "-n", "-c", str(conf)]
+    os.execve(sys.executable, argv, env)
     return EXIT_FAILED  # not reached: exec replaced this process
 
 

@@ -137,8 +137,9 @@ HEADER = """\
 ;
 ; Start it with `lthn-node run -c CONFIG`, which checks the node config, prepares the
 ; state dir (0700, with run/ log/ tls/), sets the variables below and runs
-; `supervisord -n -c <this file>`. Operate it with `lthn-node ctl -c CONFIG ...`
-; (supervisorctl with the right socket): status, stop authd, start authd, tail -f authd.
+; `supervisord -n -c <this file>` (as `python -m lthn.node.supervisord_main`). Operate it
+; with `lthn-node ctl -c CONFIG ...` (supervisorctl with the right socket): status, stop
+; authd, start authd, tail -f authd.
 ; lthn-node ctl reads `authd` as the whole authd group; plain supervisorctl needs `authd:*`.
 ;
 ; Variables (all set by `lthn-node run`; set them yourself to run supervisord directly):
@@ -152,10 +153,13 @@ HEADER = """\
 ;
 ; Every program runs in the foreground and logs to stdout, captured into
 ; $LTHN_STATE_DIR/log/<program>.log (authd_<n>.log). SIGTERM is each program's clean
-; stop path.
+; stop path; each program also gets SIGTERM when supervisord dies (lthn/node/orphans.py).
 
+; supervisord logs only to its own rotated logfile (silent: not to stdout as well), so
+; its output cannot fill a disk, nor kill it when the disk is full (#14).
 [supervisord]
 nodaemon=true
+silent=true
 logfile=%(ENV_LTHN_STATE_DIR)s/log/supervisord.log
 logfile_maxbytes=10MB
 logfile_backups=5

@@ -13,6 +13,7 @@ import logging
 from lthn.authid import short
 from lthn.haproxy.request_log import RequestLog, RequestLogListener
 from lthn.messages import AccessRefused
+from lthn.ports import naming
 from lthn.refusals import Refusal
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ class RefusalListener:
     """authd's end of the request log: the refusals among its datagrams."""
 
     def __init__(self, port: int) -> None:
-        self.log = RequestLogListener(port, "refusals")
+        # taken by another program: one line naming the key, not a traceback (#14)
+        with naming("proxy.log_port", "udp", ("127.0.0.1", port)):
+            self.log = RequestLogListener(port, "refusals")
 
     def fileno(self) -> int:
         return self.log.fileno()

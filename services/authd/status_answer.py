@@ -24,6 +24,7 @@ from lthn.access import State, rules_for
 from lthn.authid import AuthidError, parse_authid, short
 from lthn.config import Config
 from lthn.ledger import Ledger
+from lthn.ports import naming
 from lthn.refusals import OK, Refusal
 from lthn.stats import Stats
 
@@ -124,7 +125,9 @@ class _Server(HTTPServer):
     def server_bind(self) -> None:
         # several authd processes (supervisord numprocs) share the port
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        # taken by another program: one line naming the key, not a traceback (#14)
+        with naming("proxy.status_port", "tcp", self.server_address):
+            super().server_bind()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -10,9 +10,15 @@ import zmq
 
 from lthn.bus import run_forwarder
 from lthn.cli_args import parse_with_config
+from lthn.node.orphans import die_with_supervisord
+from lthn.stop_signals import StopSignals
 
 
 def main(argv: list[str] | None = None) -> int:
+    # from the first line, whatever SIGINT's inherited disposition (a background job's
+    # is "ignored"), and busd dies with its supervisord (#14)
+    signals = StopSignals().install((signal.SIGTERM, signal.SIGINT))
+    die_with_supervisord()
     _, config = parse_with_config(
         argparse.ArgumentParser(description="Run the node's message bus forwarder."), argv)
     ctx = zmq.Context()
@@ -20,12 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     worker = threading.Thread(target=run_forwarder, args=(
         ctx, config.publish_endpoint, config.subscribe_endpoint), daemon=True)
     worker.start()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(0.5) and worker.is_alive():
-        pass
-    failed = not stop.is_set()  # the forwarder thread ended by itself: it could not bind
+    # the handlers only record (no lock taken in a handler): looked at twice a second
+    while not signals.stop_asked and worker.is_alive():
+        worker.join(0.5)
+    failed = not signals.stop_asked  # the forwarder ended by itself: it could not bind
     # term() makes zmq.proxy raise ContextTerminated in the worker, which closes its own
     # sockets (closing them from here would pull them from under a running proxy)
     ctx.term()

@@ -26,7 +26,7 @@ import zmq
 from lthn import by_hand
 from lthn.config import Config
 from lthn.daemon import Daemon, run_daemon
-from lthn.ledger import Ledger
+from lthn.ledger import Ledger, LedgerNotWritable
 from lthn.messages import WalletState
 from lthn.requests import Grant, Topup
 from services.paymentd.crediting import Crediting, Outcome
@@ -126,6 +126,10 @@ class Paymentd(Daemon):
         except WalletError as exc:
             stats.count("wallet_polls_total", {"result": "error"})
             self.wallet_down(str(exc))
+        except LedgerNotWritable:
+            # the wallet answered; the ledger refused the write (disk full): the daemon
+            # loop reports that, and the next poll credits the same transfers (#14)
+            pass
         except Exception as exc:
             # a bug must not stop crediting for good: log it, back off, try again
             log.exception("paymentd: %s step failed", step.value)

@@ -15,7 +15,7 @@ from lthn.config import Config
 from lthn.files import write_atomically
 from lthn.haproxy.contract import authid_map_path, map_file_text
 from lthn.ledger import Ledger, LedgerError
-from lthn.tls import CertificateError, ensure_certificates
+from lthn.tls import CertificateError, CertificateMistake, certificate_problem, ensure_certificates
 from services.proxy import foreground, haproxy_config
 
 HAPROXY = "haproxy"
@@ -27,13 +27,15 @@ def config_path(config: Config) -> Path:
 
 def prepare(config: Config) -> Path:
     """Certificates, map and config on disk; returns the config path. Raises on failure."""
+    problem = config.proxy.certificate and certificate_problem(config.proxy.certificate)
+    if problem:
+        # before anything is written; lthn-node run says the same, exit 2 (#14)
+        raise CertificateMistake(problem)
     run = config.state / "run"
     run.mkdir(parents=True, exist_ok=True)
     os.chmod(run, 0o700)
     if not config.proxy.certificate:
         ensure_certificates(config.certificate_path.parent)
-    elif not config.certificate_path.exists():
-        raise FileNotFoundError(f"proxy.certificate: {config.certificate_path} does not exist")
     ledger = Ledger.open(config.ledger_path)
     try:
         active = ledger.active_authids()
@@ -54,8 +56,8 @@ def check(path: Path) -> tuple[bool, str]:
 
 PROGRAM = foreground.ForegroundProgram(
     HAPROXY, prepare, check, command=lambda path: [HAPROXY, "-db", "-f", str(path)],
-    # a configured certificate that is missing is the operator's to fix
-    config_errors=(FileNotFoundError,), failures=(OSError, LedgerError, CertificateError))
+    # a configured certificate that haproxy cannot serve is the operator's to fix
+    config_errors=(CertificateMistake,), failures=(OSError, LedgerError, CertificateError))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""lthn-squid: write squid.conf, then become squid (foreground, `-N`), for supervisord."""
+"""lthn-squid: write squid.conf, then run squid (foreground, `-N`) as its child, for
+supervisord; signals are passed on, and squid ends when lthn-squid or supervisord does."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import logging
 import os
 import signal
 import subprocess
-import threading
+import time
 from pathlib import Path
 
 from lthn.config import Config
 from lthn.exits import EXIT_OK
 from lthn.files import write_atomically
 from lthn.refusals import Refusal
+from lthn.stop_signals import StopSignals
 from services.proxy import foreground, squid_config
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,18 @@ def check(path: Path) -> tuple[bool, str]:
 
 def _idle_until_stopped() -> None:
     """Stay up doing nothing, so supervisord shows the program RUNNING, not FATAL."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(3600):
-        pass
+    signals = StopSignals().install((signal.SIGTERM, signal.SIGINT))
+    while not signals.stop_asked:
+        time.sleep(0.5)  # the handlers only record; looked at twice a second
 
 
 PROGRAM = foreground.ForegroundProgram(
     SQUID, prepare, check,
     # no disk cache, so no `squid -z`; -d 1 sends squid's log to stderr for supervisord
     command=lambda path: [SQUID, "-N", "-d", "1", "-f", str(path)],
-    config_errors=(HostsFileError,), failures=(OSError,))
+    config_errors=(HostsFileError,), failures=(OSError,),
+    # a child, not an exec: squid's change of user would undo die_with_supervisord (#14)
+    as_child=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,168 @@
+"""Issue #14: when supervisord dies, its programs die with it, and `lthn-node run` never
+starts a second set beside a live one.
+
+SIGKILL of supervisord used to leave every program running; started again, the node ran
+a second busd, authd, paymentd, sessiond and firewalld beside the orphans (two paymentd
+on one ledger) while its own haproxy and squid went FATAL on the orphans' ports.
+Real parts: supervisord, haproxy, squid, the regtest wallet, a local origin.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from lthn.config import load as load_config
+from lthn.ledger import Ledger
+from lthn.node import orphans
+from lthn.node.supervision import tool
+from tests.fixtures.common import wait_for
+from tests.fixtures.node import Node
+from tests.fixtures.proxy import FIRST_PAYMENT, Origin, ProxyClient, _origin_handler
+from tests.fixtures.regtest import new_authid
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    site = Origin(port=0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _origin_handler(site))
+    site.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield site
+    server.shutdown()
+    server.server_close()
+
+
+def children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+def one_set(node: Node) -> None:
+    """Exactly one supervisord of the node, and every process of the node is a program
+    supervisord reports (or squid under lthn-squid): no second set, no leftover."""
+    supervisors, programs = orphans.node_processes(node.state)
+    assert [p.pid for p in supervisors] == [node.proc.pid], supervisors
+    reported = node.pids()
+    assert sorted(reported) == sorted(node.expected), reported
+    allowed = set(reported.values()) | children(reported["squid"])
+    strays = [p for p in programs if p.pid not in allowed]
+    assert not strays, f"processes beside the node's one set: {strays}"
+    assert {p.pid for p in programs} >= set(reported.values())
+
+
+def test_issue_14_supervisord_killed_during_payments(run_node, regtest, origin, tmp_path):
+    """kill -9 supervisord while payments arrive: every program, haproxy and squid
+    included, dies with it. A program that did not (a hung paymentd, as an older node or
+    a root squid without lthn-squid would leave) is stopped by `lthn-node run`, which then
+    starts one set, all RUNNING; every payment, before, during and after, is credited
+    exactly once and its client is admitted."""
+    node = run_node({
+        "wallet": dict(regtest.wallet_section(poll_interval=0.2), start_height=regtest.height()),
+        "proxy": {"allow_destinations": [f"127.0.0.1:{origin.port}"]},
+    })
+    config = load_config(node.config_path)
+    client = ProxyClient("127.0.0.1", config.proxy.port, config.state / "tls" / "ca.pem")
+    authids = [new_authid("1A") for _ in range(6)]
+    txids: dict[str, str] = {}
+
+    def pay_all() -> None:
+        for authid in authids:
+            txids[authid] = regtest.pay(authid, FIRST_PAYMENT)
+
+    def credited() -> int:
+        ledger = Ledger.open_existing(config.ledger_path)
+        try:
+            return sum(1 for a in authids if ledger.payments_of(a))
+        finally:
+            ledger.close()
+
+    payer = threading.Thread(target=pay_all, daemon=True)
+    payer.start()
+    wait_for(lambda: credited() >= 2, timeout=60, what="two payments credited")
+    assert node.proc is not None
+    os.kill(node.proc.pid, signal.SIGKILL)
+    node.proc.wait()
+    try:
+        wait_for(lambda: orphans.node_processes(node.state) == ([], []), timeout=20,
+                 what="every program gone with supervisord")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; left: {orphans.node_processes(node.state)[1]}\n"
+                             + node.diagnostics()) from None
+
+    hung = leftover_paymentd(node, tmp_path)
+    node.start()
+    assert "stopping 1 programs a supervisord that died left running" in node.output()
+    assert f"paymentd (pid {hung.pid})" in node.output()
+    assert hung.wait(timeout=5) == 0   # its own clean stop, after SIGTERM and SIGCONT
+    assert all(state == "RUNNING" for state in node.status().values())
+    one_set(node)
+
+    payer.join(timeout=180)
+    assert not payer.is_alive() and len(txids) == len(authids)
+    for authid in authids:
+        wait_for(lambda a=authid: client.request("GET", origin.url("/paid"),
+                                                 authid=a).status == 200,
+                 timeout=30, what=f"{authid} admitted after the restart")
+    ledger = Ledger.open_existing(config.ledger_path)
+    try:
+        for authid in authids:
+            rows = ledger.payments_of(authid)
+            assert [(p.txid, p.amount) for p in rows] == [(txids[authid], FIRST_PAYMENT)]
+            row = ledger.authid(authid)
+            assert row is not None and row.credit == FIRST_PAYMENT, row
+    finally:
+        ledger.close()
+    one_set(node)
+
+
+def leftover_paymentd(node: Node, tmp_path: Path) -> subprocess.Popen:
+    """A paymentd as a dead supervisord leaves one that did not die with it (its parent
+    here is this test, so its die-with-parent request does not fire), stopped (SIGSTOP)
+    as if hung: the environment supervisord gives, the node's config."""
+    env = dict(os.environ, SUPERVISOR_ENABLED="1", SUPERVISOR_PROCESS_NAME="paymentd",
+               SUPERVISOR_GROUP_NAME="paymentd", LTHN_STATE_DIR=str(node.state),
+               LTHN_CONFIG=str(node.config_path))
+    out = tmp_path / "leftover-paymentd.log"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen([tool("lthn-paymentd"), "-c", str(node.config_path)],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    wait_for(lambda: "paymentd: ready" in out.read_text(), timeout=30,
+             what="the leftover paymentd ready")
+    os.kill(proc.pid, signal.SIGSTOP)
+    return proc
+
+
+def test_issue_14_a_second_run_beside_a_live_node_refuses(run_node):
+    """`lthn-node run` on the state dir of a running node: one line, exit 2, and the
+    running node is left as it was."""
+    node = run_node(programs=("busd", "firewalld"))
+    before = node.pids()
+    assert node.proc is not None
+    result = subprocess.run([tool("lthn-node"), "run", "-c", str(node.config_path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"Error: {node.state}: the node is already running there (supervisord pid "
+        f"{node.proc.pid}); stop it first: lthn-node ctl -c {node.config_path} shutdown\n")
+    assert node.pids() == before
+    assert node.status()["busd"] == node.status()["firewalld"] == "RUNNING"
+    one_set_light(node)
+
+
+def one_set_light(node: Node) -> None:
+    supervisors, programs = orphans.node_processes(node.state)
+    assert [p.pid for p in supervisors] == [node.proc.pid]
+    assert sorted(p.name for p in programs) == ["busd", "firewalld"]
