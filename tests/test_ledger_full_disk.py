@@ -21,8 +21,8 @@ AUTHID = "1A00112233445566"
 
 def credit(ledger: Ledger, amount: int) -> None:
     with ledger.transaction() as tx:
-        row = tx.ensure_authid(AUTHID, "1A")
-        tx.update_authid(AUTHID, credit=row.credit + amount)
+        tx.ensure_authid(AUTHID, "1A")
+        tx.credit(AUTHID, amount)
 
 
 def test_a_write_on_a_full_disk_is_refused_whole_and_succeeds_later(small_disk):
@@ -68,6 +68,9 @@ def test_a_daemon_keeps_a_full_disk_as_its_state_and_logs_each_change_once(
             daemon.flush_outbox()
             daemon.check_ledger()
         assert daemon.ledger_problem == "disk full"
+        # what `lthnctl status` gets from the daemon (its request and asker are unused)
+        info = daemon.control.on_status(None, None)  # type: ignore[arg-type]
+        assert info.details["ledger"] == "not writable: disk full"
         lines = [r.getMessage() for r in caplog.records]
         assert lines.count(f"ledger {config.ledger_path}: not writable: disk full; work "
                            "that needs it waits and is retried") == 1
@@ -77,11 +80,11 @@ def test_a_daemon_keeps_a_full_disk_as_its_state_and_logs_each_change_once(
         daemon.timers.run_due()
         daemon.check_ledger()
         assert daemon.ledger_problem is None
+        assert "ledger" not in daemon.control.on_status(None, None).details  # type: ignore
         assert f"ledger {config.ledger_path}: writable again" in \
             [r.getMessage() for r in caplog.records]
         row = ledger.authid(AUTHID)
         assert row is not None and row.credit == 1   # only the write that had room
     finally:
-        daemon.publisher.close()
-        ledger.close()
+        daemon._close()
         ctx.destroy(linger=0)

@@ -31,12 +31,12 @@ import yaml
 
 from lthn import config as config_mod
 from lthn.authid import AuthidError, parse_authid
-from lthn.daemon import StopSignals
 from lthn.demo.regtest import RegtestChain, RegtestError
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from lthn.node.supervision import node_programs, parse_status, process_names, tool
 from lthn.ports import free_port, free_port_pair
 from lthn.process import die_with_parent
+from lthn.stop_signals import StopSignals
 
 DEMO_FILE = "demo.json"
 SERVICE_ID = "1A"

@@ -54,15 +54,15 @@ def test_issue_14_authid_show_without_a_ledger_says_so_and_creates_nothing(confi
     path, config = config_file
     state = Path(config["state_dir"])
     line = one_line_exit_2(run("lthnctl", "-c", str(path), "authid", "show", AUTHID))
-    assert line == f"Error: {state / 'ledger.sqlite'}: no ledger there (state_dir in the " \
-        "config; has the node run with it?)"
+    assert line == f"Error: {state / 'ledger.sqlite'}: no ledger there (the node creates " \
+        "it when it first starts; is this the node's config?)"
     assert not state.exists()
 
 
 @pytest.mark.parametrize("content,reason", [
-    (b"this is not a database, it is a note\n" * 200, "not a usable ledger (file is not a "
-     "database)"),
-    (b"", "empty, not a ledger"),
+    (b"this is not a database, it is a note\n" * 200, "cannot read the ledger: file is not "
+     "a database"),
+    (b"", "not a ledger yet (schema version 0)"),
 ], ids=["damaged", "empty"])
 def test_issue_14_authid_show_on_a_damaged_ledger_says_so_and_changes_nothing(
         config_file, content, reason):
@@ -83,12 +83,12 @@ def test_issue_14_authid_show_still_reads_a_good_ledger(config_file):
     try:
         with ledger.transaction() as tx:
             tx.ensure_authid(AUTHID, "1A")
-            tx.update_authid(AUTHID, credit=1200)
+            tx.credit(AUTHID, 1200)
     finally:
         ledger.close()
     result = run("lthnctl", "-c", str(path), "authid", "show", AUTHID)
     assert result.returncode == 0, result.stderr
-    assert "credit           1200" in result.stdout
+    assert result.stdout.startswith(f"authid           {AUTHID}\n"), result.stdout
 
 
 # --- authd's ports ---

@@ -24,7 +24,7 @@ from tests.fixtures.common import wait_for
 
 STOP_DEADLINE = 10.0       # seconds from the signal to the exit, on a loaded machine
 START_TIMEOUT = 60.0       # starting is slow on a loaded machine; it is not what is measured
-DAEMONS = ("lthn-paymentd", "lthn-authd", "lthn-sessiond", "lthn-firewalld")
+DAEMONS = ("lthn-paymentd", "lthn-authd", "lthn-sessiond", "lthn-firewalld", "lthn-watchd")
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
 
 
@@ -89,7 +89,7 @@ def stopped_within(procs: dict[str, subprocess.Popen], signum: int) -> dict[str,
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_issue_14_every_program_stops_promptly_under_load(tmp_path, node_config, busy_cores,
                                                           signum):
-    """busd, the four daemons, haproxy and squid (through lthn-haproxy and lthn-squid) and
+    """busd, the daemons, haproxy and squid (through lthn-haproxy and lthn-squid) and
     a bus tap, started as background jobs on a loaded machine: each exits within 10 s of
     the signal, the Python ones by their clean path (exit 0)."""
     config = node_config()

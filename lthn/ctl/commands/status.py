@@ -183,5 +183,18 @@ def show(report: dict[str, Any], heartbeat_error: Exception | None) -> None:
             ("bus", bus_line),
             ("outbox", f"{report['outbox']['queued']} queued, {report['outbox']['stuck']} "
                        "stuck" + (" (see lthnctl outbox)" if report['outbox']['stuck'] else "")),
+            ("ledger", ledger_line(report["programs"])),
             ("down", ", ".join(report["down"]) or "none")):
         print(f"{label:9} {value}")
+
+
+def ledger_line(programs: list[dict[str, Any]]) -> str:
+    """What daemons say of the ledger: a write they could not make (disk full, #14)."""
+    said: dict[str, list[str]] = {}
+    for p in programs:
+        problem = (p["details"] or {}).get("ledger")
+        if problem:
+            said.setdefault(problem, []).append(p["process"])
+    if not said:
+        return "no write problem reported"
+    return "; ".join(f"{problem} (says {', '.join(who)})" for problem, who in said.items())
