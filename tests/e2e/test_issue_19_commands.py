@@ -120,14 +120,16 @@ def test_ban_add_list_del_with_bus_messages_and_expiry(rig):
     assert added["address"] == "198.51.100.23" and added["reason"] == "probing"
     msg = rig.wait_message("ban.added", lambda m: m.source == "198.51.100.23")
     assert msg.reason == "probing" and msg.expires == pytest.approx(added["expires"])
-    ran = rig.ctl("ban", "add", "198.51.100.77/24", "--for", "2s", "--reason", "scan")
+    # long enough for the two listings below on a busy machine, where one lthnctl call
+    # can take a second or two (with 2 s it had expired before the listing, #14)
+    ran = rig.ctl("ban", "add", "198.51.100.77/24", "--for", "8s", "--reason", "scan")
     assert ran.code == EXIT_OK and ran.stdout.startswith("198.51.100.0/24: banned until")
     listed = rig.ctl("ban", "list", "--json").json()["bans"]
     assert [b["address"] for b in listed] == ["198.51.100.0/24", "198.51.100.23"]
     rows = table(rig.ctl("ban", "list").stdout)
     assert rows[1]["ADDRESS"] == "198.51.100.23" and rows[1]["REASON"] == "probing"
     # the short one runs out: ban.lifted "expired", once
-    rig.wait_message("ban.lifted", lambda m: m.source == "198.51.100.0/24", timeout=10)
+    rig.wait_message("ban.lifted", lambda m: m.source == "198.51.100.0/24", timeout=20)
     assert [m.reason for m in rig.messages("ban.lifted")
             if m.source == "198.51.100.0/24"] == ["expired"]
     assert [b["address"] for b in rig.ctl("ban", "list", "--json").json()["bans"]] == [
