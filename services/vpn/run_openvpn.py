@@ -24,6 +24,7 @@ from lthn.cli_args import parse_with_config
 from lthn.config import Config
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from lthn.files import write_atomically
+from lthn.node.orphans import die_with_supervisord
 from lthn.process import die_with_parent
 from lthn.tls import CertificateError, CertificatePaths, ensure_certificates
 from services.vpn import egress, openvpn_config
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-t", "--test", action="store_true",
                         help="write the config and check the nftables table, then exit")
     args, config = parse_with_config(parser, argv)
+    die_with_supervisord()  # SIGTERM (passed on to OpenVPN) when supervisord dies (#14)
     if not config.vpn.enabled:
         print(f"Error: {config.source}: vpn.enabled: VPN mode is off; lthn-openvpn has "
               "nothing to run", file=sys.stderr)
