@@ -143,7 +143,7 @@ def main() -> int:
         }))
         config = config_mod.load(config_path)
         origin = ConnectOrigin()
-        haproxy = MiniHaproxy(state, config.proxy.log_port, origin.port).start()
+        haproxy = MiniHaproxy(config, origin.port).start()
         watcher = CloseWatcher().start()
         try:
             base = baseline(haproxy, args.tunnels)

@@ -1,26 +1,29 @@
-"""Proxy path: throughput, request rate and latency through the node vs. squid directly.
+"""Proxy path: the whole node vs the bare haproxy -> squid chain vs squid alone (issue #16).
 
-Starts a node's real proxy path on this machine (bench/proxy_rig.py): `lthn-haproxy` and
-`lthn-squid` from a node config (haproxy.cfg and squid.conf rendered by the node's own
-code), a fast origin on 127.0.0.1 (an `allow_destinations` exception) that serves from
-memory, and authids made active in a real ledger and written into haproxy's runtime map
-by authd's MapSync. In one run it measures:
+Runs the node as a user runs it (bench/proxy_rig.py: `lthn-node run`, every program under
+supervisord, AUTHIDS authids active in the ledger and haproxy's map, sessiond charging the
+ones the clients use) and, beside it, bare haproxy chains into squid: the same haproxy
+binary and certificate, TLS 1.2, a plain `mode http` front end, nothing else, in variants
+(haproxy threads, ciphers, squid's SMP workers). Every client is Python, TLS 1.2 without
+SNI like Lethean's, keep-alive, one authid per connection; the origin serves from memory.
 
-1. download throughput of one large body: client -TLS-> haproxy -> squid -> origin (the
-   node) vs. client -> squid -> origin (baseline), MB/s and ratio, runs alternated;
-2. request rate of small GETs (114-byte body) from several keep-alive clients (one
-   process and one connection each) for a fixed time: node vs. squid, req/s and ratio;
-3. latency of sequential small GETs on one keep-alive TLS connection through the node,
-   p50/p99, with 100, 10,000 and 100,000 authids in haproxy's map (each request names a
-   random active authid); baseline: the 100-authid figure. Then the map is shrunk back
-   to 100 and measured again, which shows how much of a difference is drift.
+The machine is shared and its load comes in bursts, so routes are interleaved finely
+rather than run one after another: every client holds a connection to every route and
+all switch route together every SLICE seconds (round robin), so a burst of other work
+hits every route alike; the latency client alternates route request by request; the
+downloads alternate route by route. Measured:
+
+1. small GETs (114-byte body) from CLIENTS keep-alive clients, req/s per route;
+2. latency of sequential small GETs, p50/p99 per route;
+3. download of one large body, MB/s (median of DOWNLOADS per route);
+4. new TLS connections per second (one GET each), full handshakes vs resumed sessions.
+
+Printed: the node against the bare chain (goal >= 0.95 on rate, MB/s and p99 latency),
+every route against squid alone, the CPU each part spends per GET (the node's daemons
+included), and the noise: each figure over the run's first, middle and last thirds.
+haproxy -> squid over a unix socket cannot be tried: squid listens on TCP only.
 
     python bench/bench_proxy.py [--quick] [--keep]
-
-Every client is Python (TLS 1.2, no SNI, the node's CA, like Lethean's client), so the
-figures are the whole machine's: client, haproxy, squid and origin share its CPUs.
-Expected: the node below squid alone (TLS plus a second proxy hop); latency flat in the
-map size (haproxy's maps are trees).
 """
 
 from __future__ import annotations
@@ -28,54 +31,152 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import random
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from benchlib import percentile
-from proxy_rig import ProxyRig, Route, read_response, request_bytes
+from proxy_rig import (
+    BareHaproxy,
+    NodeRig,
+    Route,
+    SmpSquid,
+    cpu_seconds,
+    read_response,
+    request_bytes,
+    settle,
+)
 
 MB = 1_000_000
+GOAL = 0.95
+THIRDS = 3
 
 
 @dataclass(frozen=True)
 class Plan:
-    download_bytes: int
-    download_runs: int          # per route, alternated
+    authids: int
     clients: int
-    rate_seconds: float
-    rate_rounds: int            # per route, alternated
-    latency_requests: int
-    map_sizes: tuple[int, ...]
+    slice: float                # seconds on one route before every client switches
+    rate_seconds: float         # the whole interleaved run (all routes)
+    latency_requests: int       # per route
+    download_bytes: int
+    downloads: int              # per route
+    handshake_seconds: float    # the whole interleaved run (node and bare, full/resumed)
 
 
-FULL = Plan(200 * MB, 3, 8, 5.0, 3, 10_000, (100, 10_000, 100_000))
-QUICK = Plan(50 * MB, 1, 8, 2.0, 1, 1000, (100, 10_000, 100_000))
+FULL = Plan(100_000, 8, 0.5, 120.0, 6_000, 100 * MB, 6, 40.0)
+QUICK = Plan(100_000, 8, 0.5, 30.0, 1_500, 30 * MB, 3, 12.0)
 
 
-def requests_for(rig: ProxyRig, route: Route, count: int = 256) -> list[bytes]:
-    """Ready-made small GETs; through the node each names a random active authid."""
-    url = rig.origin.url("/small")
-    if not route.via_node:
-        return [request_bytes(url, None)]
-    return [request_bytes(url, random.choice(rig.active)) for _ in range(count)]
+# --- interleaved clients ---
+
+def _sliced_worker(routes: list[Route], requests: list[bytes], start_at: float,
+                   slice_s: float, slices: int, fresh: bool, out: Connection) -> None:
+    """Requests in the route of the current slice (round robin); counts per slice.
+    `fresh`: a new TLS connection per GET, even slices full handshakes and odd slices
+    resumed sessions."""
+    buf = bytearray(1 << 16)
+    counts = [0] * slices
+    try:
+        socks = [None if fresh else r.connect() for r in routes]
+        sessions: list = [None] * len(routes)
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        while True:
+            k = int((time.monotonic() - start_at) / slice_s)
+            if k >= slices:
+                break
+            i = k % len(routes)
+            sock = socks[i]
+            if fresh:
+                resume = (k // len(routes)) % 2 == 1
+                sock = routes[i].connect(session=sessions[i] if resume else None)
+            assert sock is not None
+            sock.sendall(requests[i])
+            if read_response(sock, buf) != 200:
+                raise RuntimeError(f"non-200 answer via {routes[i].name}")
+            if fresh:
+                sessions[i] = getattr(sock, "session", None) or sessions[i]
+                sock.close()
+            counts[k] += 1
+        out.send((counts, None))
+    except Exception as exc:   # reported to the parent, which stops the bench
+        out.send((counts, repr(exc)))
 
 
-# --- 1. throughput ---
+def sliced(rig: NodeRig, routes: list[Route], clients: int, slice_s: float, seconds: float,
+           fresh: bool = False) -> list[int]:
+    """Requests done in each slice, summed over `clients` client processes."""
+    slices = int(seconds / slice_s) // len(routes) * len(routes)
+    ctx = multiprocessing.get_context("fork")
+    start_at = time.monotonic() + 1.0 + 0.3 * clients * (0 if fresh else len(routes)) / 8
+    pipes, procs = [], []
+    try:
+        for _ in range(clients):
+            authid = rig.authid()
+            requests = [request_bytes(rig.origin.url("/small"), authid, close=fresh)
+                        for _ in routes]
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_sliced_worker, daemon=True, args=(
+                routes, requests, start_at, slice_s, slices, fresh, send))
+            proc.start()
+            pipes.append(receive)
+            procs.append(proc)
+        totals = [0] * slices
+        for receive in pipes:
+            if not receive.poll(seconds + 60):
+                raise SystemExit("bench: a client never reported")
+            counts, error = receive.recv()
+            if error:
+                raise SystemExit(f"bench: a client failed: {error}")
+            totals = [a + b for a, b in zip(totals, counts, strict=True)]
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+    return totals
 
-def download(rig: ProxyRig, route: Route, size: int) -> float:
+
+def per_route(totals: list[int], n_routes: int, slice_s: float, part: int = 0,
+              parts: int = 1) -> list[float]:
+    """Requests per second of each route, over the `part`-th of `parts` of the run."""
+    cycles = len(totals) // n_routes
+    lo, hi = cycles * part // parts, cycles * (part + 1) // parts
+    return [sum(totals[c * n_routes + i] for c in range(lo, hi)) / ((hi - lo) * slice_s)
+            for i in range(n_routes)]
+
+
+def latencies(rig: NodeRig, routes: list[Route], count: int) -> list[list[float]]:
+    """Seconds per GET per route, sequential, the route alternating request by request."""
+    request = request_bytes(rig.origin.url("/small"), rig.authid())
+    buf = bytearray(1 << 16)
+    socks = [r.connect() for r in routes]
+    out: list[list[float]] = [[] for _ in routes]
+    try:
+        for n in range(100 + count):
+            for i, sock in enumerate(socks):
+                t0 = time.perf_counter()
+                sock.sendall(request)
+                if read_response(sock, buf) != 200:
+                    raise SystemExit(f"bench: GET via {routes[i].name} failed")
+                if n >= 100:
+                    out[i].append(time.perf_counter() - t0)
+    finally:
+        for sock in socks:
+            sock.close()
+    return out
+
+
+def download(rig: NodeRig, route: Route, size: int) -> float:
     """MB/s of one GET of `size` bytes, from the request sent to its last byte read."""
-    authid = rig.active[0] if route.via_node else None
     buf = bytearray(1 << 20)
     with route.connect() as sock:
         t0 = time.perf_counter()
-        sock.sendall(request_bytes(rig.origin.url(f"/big/{size}"), authid))
+        sock.sendall(request_bytes(rig.origin.url(f"/big/{size}"), rig.authid()))
         status = read_response(sock, buf)
         elapsed = time.perf_counter() - t0
     if status != 200:
@@ -83,191 +184,156 @@ def download(rig: ProxyRig, route: Route, size: int) -> float:
     return size / MB / elapsed
 
 
-# --- 2. request rate ---
+# --- CPU ---
 
-def _rate_worker(route: Route, requests: list[bytes], start_at: float, seconds: float,
-                 out: Connection) -> None:
-    sock = route.connect()
-    buf = bytearray(1 << 16)
-    done = 0
-    time.sleep(max(0.0, start_at - time.monotonic()))
-    end = start_at + seconds
-    try:
-        while time.monotonic() < end:
-            sock.sendall(requests[done % len(requests)])
-            if read_response(sock, buf) != 200:
-                raise RuntimeError(f"non-200 answer via {route.name}")
-            done += 1
-        out.send((done, None))
-    except Exception as exc:   # reported to the parent, which stops the bench
-        out.send((done, repr(exc)))
-    finally:
-        sock.close()
-
-
-def request_rate(rig: ProxyRig, route: Route, clients: int, seconds: float) -> float:
-    """req/s of `clients` keep-alive clients (forked processes) over `seconds`."""
-    ctx = multiprocessing.get_context("fork")
-    requests = requests_for(rig, route)
-    start_at = time.monotonic() + 0.5 + 0.05 * clients   # every client connected by then
-    pipes, procs = [], []
-    try:
-        for _ in range(clients):
-            receive, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_rate_worker,
-                               args=(route, requests, start_at, seconds, send), daemon=True)
-            proc.start()
-            pipes.append(receive)
-            procs.append(proc)
-        total = 0
-        for receive in pipes:
-            if not receive.poll(seconds + 30):
-                raise SystemExit(f"bench: a rate client via {route.name} never reported")
-            done, error = receive.recv()
-            if error:
-                raise SystemExit(f"bench: rate client via {route.name}: {error}")
-            total += done
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5)
-    return total / seconds
-
-
-# --- 3. latency ---
-
-def latencies(rig: ProxyRig, route: Route, count: int, warmup: int = 200) -> list[float]:
-    """Seconds per GET, sequential on one keep-alive connection."""
-    requests = requests_for(rig, route, count=1000)
-    buf = bytearray(1 << 16)
-    out = []
-    with route.connect() as sock:
-        for i in range(warmup + count):
-            t0 = time.perf_counter()
-            sock.sendall(requests[i % len(requests)])
-            status = read_response(sock, buf)
-            if status != 200:
-                raise SystemExit(f"bench: GET via {route.name} answered {status}")
-            if i >= warmup:
-                out.append(time.perf_counter() - t0)
+def cpu_of(rig: NodeRig, routes: list[Route]) -> dict[str, float]:
+    """CPU seconds so far of every haproxy and squid the routes use, and the daemons."""
+    pids = {pid for r in routes for part in r.pids.values() for pid in part}
+    out = {f"pid {pid}": cpu_seconds(pid) for pid in pids}
+    out["daemons"] = sum(cpu_seconds(rig.node.pid(d))
+                         for d in ("busd", "paymentd", "authd", "sessiond", "firewalld"))
     return out
+
+
+def cpu_line(route: Route, used: dict[str, float], units: float, scale: float) -> str:
+    """haproxy / squid CPU of this route per unit (scaled)."""
+    parts = []
+    for part in ("haproxy", "squid"):
+        seconds = sum(used.get(f"pid {pid}", 0.0) for pid in route.pids.get(part, ()))
+        parts.append(f"{seconds / units * scale:6.1f}" if route.pids.get(part) else "     -")
+    return " / ".join(parts)
 
 
 # --- the run ---
 
-class CpuMeter:
-    """CPU seconds haproxy, squid and the origin spend per route, summed over runs."""
+def run(rig: NodeRig, routes: list[Route], plan: Plan) -> None:
+    node, bare = routes[0], routes[1]
+    squid = next(r for r in routes if r.name == "squid alone")
+    n = len(routes)
 
-    def __init__(self, rig: ProxyRig) -> None:
-        self.rig = rig
-        self.used: dict[str, dict[str, float]] = {"node": {}, "squid": {}}
+    print(f"1. small GETs: {plan.clients} clients, route switched every {plan.slice} s, "
+          f"{plan.rate_seconds:.0f} s", flush=True)
+    before = cpu_of(rig, routes)
+    totals = sliced(rig, routes, plan.clients, plan.slice, plan.rate_seconds)
+    after = cpu_of(rig, routes)
+    rate = per_route(totals, n, plan.slice)
+    thirds = [per_route(totals, n, plan.slice, p, THIRDS) for p in range(THIRDS)]
+    # CPU per GET: the interleaved run shares its CPU time between routes, so a process
+    # serving one route only (a haproxy) is divided by that route's GETs; squid and the
+    # daemons serve several, and are divided by all the GETs they saw
+    gets = [r * plan.rate_seconds / n for r in rate]
 
-    def measure(self, route: Route, work: Callable[[], float]) -> float:
-        before = self.rig.cpu_seconds()
-        result = work()
-        after = self.rig.cpu_seconds()
-        for name, value in after.items():
-            used = self.used[route.name]
-            used[name] = used.get(name, 0.0) + value - before[name]
-        return result
+    print(f"2. latency: {plan.latency_requests} sequential GETs per route, alternating",
+          flush=True)
+    settle()
+    lat = latencies(rig, routes, plan.latency_requests)
 
-    def per(self, route: str, units: float, scale: float) -> str:
-        used = self.used[route]
-        return " / ".join(f"{used[name] / units * scale:7.1f}"
-                          for name in ("haproxy", "squid", "origin"))
+    print(f"3. downloads of {plan.download_bytes / MB:.0f} MB, {plan.downloads} per route, "
+          "alternating", flush=True)
+    speeds: list[list[float]] = [[] for _ in routes]
+    for _ in range(plan.downloads):
+        for i, route in enumerate(routes):
+            speeds[i].append(download(rig, route, plan.download_bytes))
 
+    print("4. new TLS connections, full and resumed, node and bare alternating", flush=True)
+    settle()
+    tls = [node, bare]
+    fresh = sliced(rig, tls, 4, plan.slice, plan.handshake_seconds, fresh=True)
+    # slices alternate route; cycles alternate full (even) and resumed (odd)
+    cycles = len(fresh) // 2
+    hs = {(route, kind): sum(fresh[c * 2 + i] for c in range(cycles) if c % 2 == k)
+          / (plan.slice * len([c for c in range(cycles) if c % 2 == k]))
+          for i, route in enumerate(("node", "bare")) for k, kind in enumerate(("full",
+                                                                                "resumed"))}
 
-def run(rig: ProxyRig, plan: Plan) -> None:
-    node, squid = rig.node, rig.squid
-    loads = [(plan.map_sizes[0], *rig.activate(plan.map_sizes[0]))]
-    unpaid = rig.get(node, rig.origin.url("/small"), "1A" + "F" * 14)
-    if unpaid != 403 or rig.get(node, rig.origin.url("/small"), rig.active[0]) != 200:
-        raise SystemExit("bench: the node does not admit paid / refuse unpaid authids")
-
-    print(f"1. download of {plan.download_bytes / MB:.0f} MB, {plan.download_runs} run(s) "
-          "per route, alternated", flush=True)
-    download_cpu = CpuMeter(rig)
-    speeds: dict[str, list[float]] = {"node": [], "squid": []}
-    for _ in range(plan.download_runs):
-        for route in (node, squid):
-            speeds[route.name].append(download_cpu.measure(
-                route, lambda r=route: download(rig, r, plan.download_bytes)))
-
-    print(f"2. request rate, {plan.clients} keep-alive clients, {plan.rate_rounds} x "
-          f"{plan.rate_seconds:.0f} s per route, alternated", flush=True)
-    rate_cpu = CpuMeter(rig)
-    rates: dict[str, list[float]] = {"node": [], "squid": []}
-    for _ in range(plan.rate_rounds):
-        for route in (node, squid):
-            rates[route.name].append(rate_cpu.measure(
-                route, lambda r=route: request_rate(rig, r, plan.clients, plan.rate_seconds)))
-
-    print(f"3. latency, {plan.latency_requests} sequential GETs per map size", flush=True)
-    lat: list[tuple[str, list[float]]] = [("squid directly (no map)",
-                                           latencies(rig, squid, plan.latency_requests))]
-    for i, size in enumerate(plan.map_sizes):
-        if i:
-            loads.append((size, *rig.activate(size)))
-        lat.append((f"node, {size:,} authids", latencies(rig, node, plan.latency_requests)))
-    rig.shrink(plan.map_sizes[0])
-    lat.append((f"node, {plan.map_sizes[0]:,} authids again",
-                latencies(rig, node, plan.latency_requests)))
-
-    med = statistics.median
+    p50 = [percentile(v, 50) for v in lat]
+    p99 = [percentile(v, 99) for v in lat]
+    mbs = [statistics.median(v) for v in speeds]
     print()
-    print(f"{'':34} {'node':>10} {'squid':>10} {'node/squid':>11}")
-    n, s = med(speeds["node"]), med(speeds["squid"])
-    print(f"{'download, MB/s (median)':34} {n:10.1f} {s:10.1f} {n / s:11.2f}")
-    n, s = med(rates["node"]), med(rates["squid"])
-    print(f"{'small GETs, req/s (median)':34} {n:10.0f} {s:10.0f} {n / s:11.2f}")
-    print(f"  runs: download node {fmt(speeds['node'])}, squid {fmt(speeds['squid'])}; "
-          f"rate node {fmt(rates['node'], 0)}, squid {fmt(rates['squid'], 0)}")
-    gigabytes = plan.download_bytes * plan.download_runs / 1e9
-    print("  CPU, haproxy / squid / origin:")
-    print(f"    download, CPU s per GB:      node {download_cpu.per('node', gigabytes, 1)}"
-          f"   squid {download_cpu.per('squid', gigabytes, 1)}")
-    gets = {route: sum(rates[route]) * plan.rate_seconds for route in ("node", "squid")}
-    print(f"    small GETs, CPU us per GET:  node {rate_cpu.per('node', gets['node'], 1e6)}"
-          f"   squid {rate_cpu.per('squid', gets['squid'], 1e6)}")
+    print(f"The node ({plan.authids:,} authids active, every program running) against the "
+          f"bare chain; goal >= {GOAL}:")
+    print(f"{'':32} {'node':>9} {'bare':>9} {'node/bare':>10}   by third of the run")
+    third_ratios = " ".join(f"{t[0] / t[1]:.2f}" for t in thirds)
+    print(f"{'small GETs, req/s':32} {rate[0]:9.0f} {rate[1]:9.0f} {rate[0] / rate[1]:10.2f}"
+          f"   {third_ratios}")
+    print(f"{'download, MB/s (median)':32} {mbs[0]:9.1f} {mbs[1]:9.1f} {mbs[0] / mbs[1]:10.2f}"
+          f"   runs node {fmt(speeds[0])}, bare {fmt(speeds[1])}")
+    print(f"{'latency p99, ms (bare/node)':32} {p99[0] * 1e3:9.3f} {p99[1] * 1e3:9.3f} "
+          f"{p99[1] / p99[0]:10.2f}")
+    print(f"{'latency p50, ms (bare/node)':32} {p50[0] * 1e3:9.3f} {p50[1] * 1e3:9.3f} "
+          f"{p50[1] / p50[0]:10.2f}")
+    for kind in ("full", "resumed"):
+        a, b = hs[("node", kind)], hs[("bare", kind)]
+        print(f"{f'new TLS connections/s, {kind}':32} {a:9.0f} {b:9.0f} {a / b:10.2f}")
     print()
-    base = lat[1][1]
-    b50, b99 = percentile(base, 50), percentile(base, 99)
-    print(f"{'latency, ms':34} {'p50':>10} {'p99':>10} {'p50 ratio':>11} {'p99 ratio':>10}")
-    for label, values in lat:
-        p50, p99 = percentile(values, 50), percentile(values, 99)
-        print(f"{label:34} {p50 * 1e3:10.3f} {p99 * 1e3:10.3f} {p50 / b50:11.2f} "
-              f"{p99 / b99:10.2f}")
-    print(f"  (ratios against the first 'node, {plan.map_sizes[0]:,} authids' row)")
+    s = routes.index(squid)
+    print("Every route against squid alone (ratios: rate, MB/s, squid p99 / p99):")
+    print(f"{'':24} {'req/s':>8} {'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'rate':>6} {'MB/s':>6} {'p99':>6}   rate by third")
+    for i, route in enumerate(routes):
+        by_third = " ".join(f"{t[i]:.0f}" for t in thirds)
+        print(f"{route.name:24} {rate[i]:8.0f} {mbs[i]:8.1f} {p50[i] * 1e3:8.3f} "
+              f"{p99[i] * 1e3:8.3f} {rate[i] / rate[s]:6.2f} {mbs[i] / mbs[s]:6.2f} "
+              f"{p99[s] / p99[i]:6.2f}   {by_third}")
     print()
-    print("map loads (ledger rows ACTIVE, then authd's MapSync.resync into haproxy):")
-    for size, ledger_s, resync_s in loads:
-        print(f"  to {size:>7,} authids: ledger {ledger_s:6.2f} s, resync {resync_s:6.2f} s")
+    used = {k: after[k] - before[k] for k in after}
+    shared_gets = sum(gets)
+    print("CPU per small GET in the interleaved run, us: haproxy / squid (a squid serving "
+          "several routes is divided by all their GETs)")
+    for i, route in enumerate(routes):
+        mine = {k: v for k, v in used.items()}
+        squid_pids = route.pids.get("squid", ())
+        sharing = sum(gets[j] for j, r in enumerate(routes)
+                      if set(r.pids.get("squid", ())) & set(squid_pids)) or 1
+        hap = sum(mine.get(f"pid {p}", 0.0) for p in route.pids.get("haproxy", ()))
+        sq = sum(mine.get(f"pid {p}", 0.0) for p in squid_pids)
+        print(f"  {route.name:24} {hap / gets[i] * 1e6 if hap else 0:6.1f} / "
+              f"{sq / sharing * 1e6:6.1f}")
+    print(f"  the node's daemons (busd, paymentd, authd, sessiond, firewalld), over every "
+          f"GET of the run: {used['daemons'] / shared_gets * 1e6:.1f} us "
+          f"({used['daemons']:.2f} s in {plan.rate_seconds:.0f} s)")
 
 
-def fmt(values: list[float], digits: int = 1) -> str:
-    return "/".join(f"{v:.{digits}f}" for v in values)
+def fmt(values: list[float]) -> str:
+    return "/".join(f"{v:.0f}" for v in values)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run (< 1 minute)")
+    parser.add_argument("--quick", action="store_true", help="a smaller run (~2 minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and logs")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     started = time.monotonic()
     print(f"work dir {work}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
-          "starting haproxy, squid, origin ...", flush=True)
-    rig = ProxyRig(work)
+          f"starting the node with {plan.authids:,} active authids ...", flush=True)
+    rig = NodeRig(work, plan.authids)
+    variants: list[BareHaproxy] = []
+    squids: list[SmpSquid] = []
     try:
         rig.start()
-        run(rig, plan)
+        squids = [SmpSquid(rig, workers=2).start()]
+        variants = [BareHaproxy(rig, "bare"),
+                    BareHaproxy(rig, "bare, nbthread 1", nbthread=1),
+                    BareHaproxy(rig, "bare, AES128-GCM",
+                                ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"),
+                    BareHaproxy(rig, "bare, CHACHA20",
+                                ciphers="ECDHE-ECDSA-CHACHA20-POLY1305"),
+                    BareHaproxy(rig, "bare, squid 2 workers", squid=squids[0])]
+        for variant in variants:
+            variant.start()
+        routes = [rig.route, *[v.route for v in variants], rig.squid,
+                  *[s.route for s in squids]]
+        run(rig, routes, plan)
     except BaseException:
-        for name in ("haproxy", "squid"):
-            print(f"--- {name} log ---\n{rig.log_tail(name)}")
+        print(rig.node.diagnostics())
         raise
     finally:
+        for variant in variants:
+            variant.stop()
+        for smp in squids:
+            smp.stop()
         rig.stop()
         if args.keep:
             print(f"kept {work}")

@@ -1,15 +1,16 @@
-"""The parts bench_proxy.py measures: a node's real haproxy and squid, a fast origin, clients.
+"""The parts bench_proxy.py measures: the whole node, a bare haproxy, squid, a fast origin.
 
-`ProxyRig` writes a node config (tests/fixtures/node.py's defaults on loopback, the origin
-as an `allow_destinations` exception) and starts the node's own programs `lthn-haproxy`
-and `lthn-squid` (services.proxy.run_haproxy / run_squid: they render haproxy.cfg and
-squid.conf from that config, then exec the real binaries). Authids are made active the
-way a node does it: ACTIVE rows in the ledger, then authd's `MapSync.resync` writes them
-into haproxy's runtime map over the admin socket in batches that fit haproxy's CLI
-buffer. No wallet, busd, authd or sessiond runs: nothing charges or removes an authid.
+`NodeRig` runs the node as a user runs it: `lthn-node run` under supervisord with every
+program (busd, paymentd, authd, sessiond, firewalld, squid, haproxy; tests/fixtures/
+node.py), on a config with the fast origin as an `allow_destinations` exception and many
+authids ACTIVE in its ledger before it starts (lthn-haproxy writes them into haproxy's
+map, authd keeps it; sessiond charges the ones clients use). No wallet answers, so
+paymentd waits for one, as on a node whose wallet is down.
 
-haproxy's request log goes to two loopback UDP sockets this module binds and never reads
-(the kernel drops what overflows), so haproxy logs every request as on a real node.
+`BareHaproxy` is the chain the node is measured against (issue #16): the same haproxy
+binary and certificate, TLS 1.2, a plain `mode http` front end straight to the node's
+squid: no map, no rules, no stick tables, no log. Its options (threads, ciphers) make
+the variants the bench tries.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import random
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,32 +36,15 @@ sys.path.insert(0, str(REPO))   # for tests.fixtures (not an installed package)
 from benchlib import wait  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
-from lthn.haproxy.contract import authid_map_path  # noqa: E402
-from lthn.haproxy.runtime import HaproxyAdmin  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
-from services.authd.map_sync import MapSync, parse_show_map  # noqa: E402
-from tests.fixtures.node import default_config, merge  # noqa: E402
-from tests.fixtures.proxy import ProxyClient  # noqa: E402
+from lthn.ports import free_port  # noqa: E402
+from services.proxy import squid_config  # noqa: E402
+from tests.fixtures.node import Node, default_config, merge  # noqa: E402
 
 SMALL_BODY = b"origin page, small\n" * 6          # 114 bytes
 BLOCK = bytes(range(256)) * 4096                  # 1 MiB served over and over
 SERVICE = "1A"
-# this tree's lthn-haproxy / lthn-squid (their modules have no __main__ guard)
-RUN_MAIN = "import sys; from {} import main; sys.exit(main(sys.argv[1:]))"
-
-
-def _with_children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [pid, *(int(child) for child in fh.read().split())]
-    except OSError:
-        return [pid]
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+DAEMONS = ("busd", "paymentd", "authd", "sessiond", "firewalld")
 
 
 # --- the origin: keep-alive HTTP/1.1 from memory, in its own process ---
@@ -77,8 +64,8 @@ class _OriginProtocol(asyncio.Protocol):
         while b"\r\n\r\n" in self.buffer:
             head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
             path = head.split(b" ", 2)[1]
-            if path.startswith(b"/big/"):
-                self.pending = int(path[5:])
+            if b"/big/" in path:
+                self.pending = int(path.rsplit(b"/", 1)[1])
                 self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-"
                                      b"stream\r\nContent-Length: %d\r\n\r\n" % self.pending)
                 self._pump()
@@ -134,7 +121,7 @@ class Origin:
         self.sock.close()
 
 
-# --- clients: one keep-alive connection each ---
+# --- clients ---
 
 def read_response(sock: socket.socket, buf: bytearray) -> int:
     """Read one response with a Content-Length into `buf` (reused); return the status."""
@@ -164,104 +151,121 @@ def read_response(sock: socket.socket, buf: bytearray) -> int:
     return status
 
 
-def request_bytes(url: str, authid: str | None) -> bytes:
+def request_bytes(url: str, authid: str | None, close: bool = False) -> bytes:
     host = url.split("/")[2]
     lines = [f"GET {url} HTTP/1.1", f"Host: {host}"]
     if authid is not None:
         lines.append(f"X-LTHN-PaymentID: {authid}")
+    if close:
+        lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 class Route:
-    """How a client reaches the origin: the node (TLS to haproxy) or squid directly."""
+    """How a client reaches the origin: through TLS (the node, a bare haproxy) or squid's
+    plain port. TLS as Lethean's client speaks it: 1.2, no SNI, the node's CA. `pids`:
+    the haproxy and squid processes it goes through, by part."""
 
-    def __init__(self, name: str, port: int, ca_file: Path | None) -> None:
+    def __init__(self, name: str, port: int, ca_file: Path | None = None,
+                 pids: dict[str, tuple[int, ...]] | None = None) -> None:
         self.name, self.port, self.ca_file = name, port, ca_file
+        self.pids = pids or {}
+        self._context: ssl.SSLContext | None = None
 
     @property
-    def via_node(self) -> bool:
+    def tls(self) -> bool:
         return self.ca_file is not None
 
-    def connect(self) -> socket.socket:
-        if self.ca_file is not None:
-            # TLS 1.2 without SNI, the node's CA: what Lethean's client does
-            sock: socket.socket = ProxyClient("127.0.0.1", self.port, self.ca_file).open()
-        else:
-            sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.load_verify_locations(cafile=str(self.ca_file))
+            context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+            self._context = context
+        return self._context
+
+    def connect(self, session: ssl.SSLSession | None = None) -> socket.socket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock: socket.socket = raw
+        if self.tls:
+            sock = self.context().wrap_socket(raw, server_hostname=None, session=session)
         sock.settimeout(30)
         return sock
 
 
-# --- the node's proxy programs ---
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) `pid` used so far; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-class ProxyRig:
-    """A node's haproxy and squid under one temp dir; `stop()` kills all it started."""
 
-    def __init__(self, work: Path) -> None:
+# --- the whole node ---
+
+class NodeRig:
+    """The node under supervisord with `authids` ACTIVE authids; `stop()` ends it all."""
+
+    def __init__(self, work: Path, authids: int) -> None:
         self.work = work
         self.origin = Origin()
-        self.log_sinks: list[socket.socket] = []
-        self.procs: list[subprocess.Popen] = []
-        self.ledger: Ledger | None = None
-        self.active: list[str] = []
         state = work / "state"
-        settings = merge(default_config(state), {
+        self.settings = merge(default_config(state), {
+            # connected billing (the default) at 0.001/min; credit for a day each
+            "services": [{"id": SERVICE, "name": "Proxy", "type": "proxy",
+                          "cost": "0.001", "firstPrePaidMinutes": 0}],
             "proxy": {"allow_destinations": [f"127.0.0.1:{self.origin.port}"],
                       "dns_servers": ["127.0.0.1"]},   # nothing leaves the machine
             "log_level": "info",
         })
-        self.config_path = work / "node.yaml"
-        self.config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
-        self.config = config_mod.load(self.config_path)
-        self.admin = HaproxyAdmin(self.config.haproxy_admin_socket)
+        config_path = work / "node.yaml"
+        config_path.write_text(yaml.safe_dump(self.settings, sort_keys=False))
+        self.config = config_mod.load(config_path)
+        self.node = Node(work, self.settings, (*DAEMONS, "squid", "haproxy"))
+        self.active = [f"{SERVICE}{i:014X}" for i in range(authids)]
+
+    def start(self) -> NodeRig:
+        self.origin.start()
+        self.config.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ledger = Ledger.open(self.config.ledger_path)
+        credit = self.config.atomic(self.config.services[0].cost) * 60 * 24
+        try:
+            with ledger.transaction() as tx:
+                for authid in self.active:
+                    tx.ensure_authid(authid, SERVICE)
+                    tx.credit(authid, credit)
+                    tx.activate(authid)   # PENDING -> ACTIVE
+        finally:
+            ledger.close()
+        self.node.start(timeout=90)
+        small = self.origin.url("/small")
+        wait(lambda: self.get(self.squid, small) == 200, 30, "squid fetching from the origin")
+        wait(lambda: self.get(self.route, small, "1A" + "F" * 14) == 403, 30,
+             "haproxy refusing an unpaid authid")
+        wait(lambda: self.get(self.route, small, self.active[-1]) == 200, 30,
+             "haproxy admitting a paid authid")
+        return self
 
     @property
-    def node(self) -> Route:
-        return Route("node", self.config.proxy.port, self.config.state / "tls" / "ca.pem")
+    def route(self) -> Route:
+        return Route("node", self.config.proxy.port, self.config.state / "tls" / "ca.pem",
+                     {"haproxy": (self.node.pid("haproxy"),),
+                      "squid": (self.node.pid("squid"),)})
 
     @property
     def squid(self) -> Route:
-        return Route("squid", self.config.proxy.squid_port, None)
+        return Route("squid alone", self.config.proxy.squid_port, None,
+                     {"squid": (self.node.pid("squid"),)})
 
-    def start(self) -> ProxyRig:
-        self.origin.start()
-        for port in (self.config.proxy.log_port, self.config.proxy.log_port + 1):
-            sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sink.bind(("127.0.0.1", port))
-            self.log_sinks.append(sink)
-        self.config.state.mkdir(mode=0o700, exist_ok=True)
-        (self.config.state / "log").mkdir(exist_ok=True)
-        # lthn-haproxy opens (and so creates) the ledger; one program at a time
-        self._spawn("haproxy", "services.proxy.run_haproxy")
-        wait(lambda: "Pid:" in self.admin.command("show info"), 30, "haproxy's admin socket")
-        self._spawn("squid", "services.proxy.run_squid")
-        self.ledger = Ledger.open(self.config.ledger_path)
-        small = self.origin.url("/small")
-        wait(lambda: self.get(self.squid, small) == 200, 30, "squid fetching from the origin")
-        wait(lambda: self.get(self.node, small, "1A" + "0" * 14) == 403, 30,
-             "haproxy refusing an unpaid authid")
-        return self
+    def pids(self) -> dict[str, int]:
+        return {name: self.node.pid(name) for name in (*DAEMONS, "squid", "haproxy")}
 
-    def _spawn(self, name: str, module: str) -> None:
-        with open(self.config.state / "log" / f"{name}.log", "ab") as out:
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-c", RUN_MAIN.format(module), "-c", str(self.config_path)],
-                stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(REPO),
-                start_new_session=True))
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time (user + system, all threads) used so far by haproxy, squid, origin."""
-        # lthn-haproxy execs haproxy (the same pid); lthn-squid runs squid as its child
-        # (issue #14), so a process's live children count too
-        pids = {"haproxy": self.procs[0].pid, "squid": self.procs[1].pid,
-                "origin": self.origin.proc.pid}
-        return {name: sum(map(_cpu_seconds, _with_children(pid))) for name, pid in pids.items()}
-
-    def log_tail(self, name: str) -> str:
-        path = self.config.state / "log" / f"{name}.log"
-        return path.read_text(errors="replace")[-1500:] if path.exists() else ""
+    def authid(self) -> str:
+        return random.choice(self.active)
 
     def get(self, route: Route, url: str, authid: str | None = None) -> int:
         """One GET on a new connection; the status."""
@@ -269,75 +273,135 @@ class ProxyRig:
             sock.sendall(request_bytes(url, authid))
             return read_response(sock, bytearray(1 << 16))
 
-    def activate(self, total: int) -> tuple[float, float]:
-        """Make `total` authids ACTIVE in the ledger, then resync haproxy's map from it as
-        authd does. Returns (seconds in the ledger, seconds of the resync)."""
-        assert self.ledger is not None
-        t0 = time.perf_counter()
-        fresh = [f"{SERVICE}{i:014X}" for i in range(len(self.active), total)]
-        with self.ledger.transaction() as tx:
-            for authid in fresh:
-                tx.ensure_authid(authid, SERVICE)
-                tx.activate(authid)  # PENDING -> ACTIVE
-        t1 = time.perf_counter()
-        self._resync()
-        t2 = time.perf_counter()
-        self.active += fresh
-        self._check_map(total)
-        return t1 - t0, t2 - t1
-
-    def shrink(self, total: int) -> None:
-        """Back to the first `total` active authids: the rest DEPLETED in the ledger, the
-        map cleared at once (`clear map`; a resync would delete them one command each),
-        then refilled by a resync. haproxy's stick table keeps what it tracked."""
-        assert self.ledger is not None
-        with self.ledger.transaction() as tx:
-            for authid in self.active[total:]:
-                tx.deactivate(authid)  # ACTIVE -> DEPLETED
-        self.active = self.active[:total]
-        answer = self.admin.command(f"clear map {authid_map_path(self.config)}")
-        if answer.strip():
-            raise SystemExit(f"bench: clear map failed: {answer.strip()}")
-        self._resync()
-        self._check_map(total)
-
-    def _resync(self) -> None:
-        assert self.ledger is not None
-        sync = MapSync(self.admin, authid_map_path(self.config), self.ledger,
-                       self.config.state / "run" / "authd-map.lock")
-        try:
-            result = sync.resync("bench")
-        finally:
-            sync.close()
-        if result is None or result[1] != 0:
-            raise SystemExit(f"bench: map resync failed or removed entries: {result}")
-
-    def _check_map(self, total: int) -> None:
-        answer = self.admin.command(f"show map {authid_map_path(self.config)}")
-        in_map = sum(parse_show_map(answer).values())
-        if in_map != total:
-            raise SystemExit(f"bench: haproxy's map holds {in_map} entries, expected {total}")
-
     def stop(self) -> None:
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=5)
-        if self.ledger is not None:
-            self.ledger.close()
-        for sink in self.log_sinks:
-            sink.close()
+        self.node.stop()
         self.origin.stop()
 
 
-__all__ = ["ProxyRig", "Route", "read_response", "request_bytes", "wait"]
+# --- the bare chain ---
+
+BARE_CONFIG = """\
+global
+    stats socket {admin} mode 600 level admin
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+{global_extra}
+defaults
+    mode http
+    timeout connect 10s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+frontend bare
+    bind 127.0.0.1:{port} ssl crt {crt} alpn http/1.1{bind_extra}
+    default_backend squid
+backend squid
+    server squid 127.0.0.1:{squid_port}
+"""
+
+
+class BareHaproxy:
+    """haproxy TLS 1.2 -> the node's squid, nothing else; `nbthread`/`ciphers` vary it."""
+
+    def __init__(self, rig: NodeRig, name: str, nbthread: int | None = None,
+                 ciphers: str | None = None, squid: SmpSquid | None = None) -> None:
+        self.rig, self.name, self.squid = rig, name, squid
+        self.port = free_port()
+        run = rig.work / "bare" / re.sub(r"[^a-z0-9]+", "-", name.lower())
+        run.mkdir(parents=True, exist_ok=True)
+        self.cfg = run / "haproxy.cfg"
+        self.cfg.write_text(BARE_CONFIG.format(
+            admin=run / "admin.sock", port=self.port,
+            crt=rig.config.state / "tls" / "provider.pem",
+            squid_port=squid.port if squid else rig.config.proxy.squid_port,
+            global_extra=f"    nbthread {nbthread}" if nbthread else "",
+            bind_extra=f" ciphers {ciphers}" if ciphers else ""))
+        self.out = run / "haproxy.out"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> BareHaproxy:
+        with open(self.out, "ab") as out:
+            self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.cfg)], stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        wait(lambda: self.rig.get(self.route, self.rig.origin.url("/small")) == 200, 30,
+             f"the bare haproxy {self.name!r} through squid")
+        return self
+
+    @property
+    def route(self) -> Route:
+        assert self.proc is not None
+        squid = self.squid.pids() if self.squid else (self.rig.node.pid("squid"),)
+        return Route(self.name, self.port, self.rig.config.state / "tls" / "ca.pem",
+                     {"haproxy": (self.proc.pid,), "squid": squid})
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+
+
+class SmpSquid:
+    """The node's squid config with `workers N` (squid's SMP mode), its own port. The node
+    runs squid with -N (one process, no workers: what supervisord can watch); SMP needs
+    `squid --foreground` instead, a master with N worker kids and a coordinator."""
+
+    def __init__(self, rig: NodeRig, workers: int) -> None:
+        self.rig, self.workers = rig, workers
+        self.port = free_port()
+        text = squid_config.render(rig.config)
+        text = re.sub(r"(?m)^http_port .*$", f"http_port 127.0.0.1:{self.port}", text)
+        text = re.sub(r"(?m)^error_directory .*\n", "", text)   # squid's standard pages
+        self.cfg = rig.work / f"squid-workers-{workers}.conf"
+        self.cfg.write_text(text + f"\nworkers {workers}\n")
+        self.cfg.chmod(0o644)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> SmpSquid:
+        out = open(self.rig.work / f"squid-workers-{self.workers}.out", "ab")
+        self.proc = subprocess.Popen(["squid", "--foreground", "-f", str(self.cfg)],
+                                     stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        out.close()
+        route = Route(f"squid alone, {self.workers} workers", self.port)
+        wait(lambda: len(self.pids()) >= self.workers + 2 and self.rig.get(
+            route, self.rig.origin.url("/small")) == 200, 30, "squid's SMP workers")
+        return self
+
+    def pids(self) -> tuple[int, ...]:
+        """The master and every kid (workers, coordinator)."""
+        assert self.proc is not None
+        kids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[1]) == self.proc.pid:
+                    kids.append(int(entry.name))
+        return (self.proc.pid, *kids)
+
+    @property
+    def route(self) -> Route:
+        return Route(f"squid alone, {self.workers} workers", self.port, None,
+                     {"squid": self.pids()})
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+
+
+def settle(seconds: float = 0.5) -> None:
+    """Let the previous workload's connections close before the next one starts."""
+    time.sleep(seconds)
+
+
+__all__ = ["BareHaproxy", "NodeRig", "Origin", "Route", "SmpSquid", "cpu_seconds",
+           "read_response", "request_bytes", "settle", "wait"]

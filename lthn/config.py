@@ -275,6 +275,9 @@ class Sessions:
         1800.0, "seconds after activation when spending starts even without a session",
         _not_negative)
     tick: float = setting(1.0, "seconds between charging rounds", _positive)
+    charge_interval: float = setting(
+        60.0, "longest time an authid's use goes unwritten in the ledger (its balance "
+        "lags at most this; credit running out is seen within a tick anyway)", _positive)
 
 
 @dataclass(frozen=True)

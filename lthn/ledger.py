@@ -140,6 +140,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE outbox ADD COLUMN stuck_at REAL;
     CREATE INDEX outbox_stuck_by ON outbox (stuck_by, id);
     """,
+    # 4: a change counter on authids (#16): a change of an authid's state or credit gives
+    # its row the next number (the verbs of Tx set it), so authd and sessiond read what
+    # changed since they last looked instead of every row; charging time (spent,
+    # charged_ms, last_used) is not a change of this kind. Rows older than this migration
+    # keep 0: a reader starts with a whole read anyway. And an index for the active
+    # authids still waiting to start spending, by activation time
+    """
+    ALTER TABLE authids ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX authids_change_seq ON authids (change_seq);
+    CREATE INDEX authids_waiting ON authids (state, spending_since, activated_at);
+    """,
 ]
 
 
@@ -199,6 +210,15 @@ class AuthidRow:
     @property
     def balance(self) -> int:
         return self.credit - self.spent
+
+
+@dataclass(frozen=True)
+class AuthidChange:
+    """What authd needs of a changed authid (Ledger.authid_changes)."""
+    seq: int
+    authid: str
+    service_id: str
+    state: str
 
 
 @dataclass(frozen=True)
@@ -468,6 +488,17 @@ class Ledger:
     def authid(self, authid: str) -> AuthidRow | None:
         return Tx(self.conn, self.clock()).authid(authid)
 
+    def change_seq(self) -> int:
+        """The newest authid change number (migration 3); 0 on an empty ledger."""
+        return Tx(self.conn, self.clock()).change_seq()
+
+    def authid_changes(self, after: int, limit: int = 10_000) -> list[AuthidChange]:
+        """Authids whose state, credit or service changed after change number `after`,
+        oldest change first (each authid once, with its newest number)."""
+        return [AuthidChange(*r) for r in self.conn.execute(
+            "SELECT change_seq, authid, service_id, state FROM authids WHERE change_seq > ? "
+            "ORDER BY change_seq LIMIT ?", (after, limit))]
+
     def payments_of(self, authid: str) -> list[PaymentRow]:
         return [_payment(r) for r in self.conn.execute(
             f"SELECT {_PAYMENT_COLS} FROM payments WHERE authid = ? ORDER BY first_seen, txid",
@@ -675,7 +706,7 @@ class Tx:
     def credit(self, authid: str, amount: int, payment: bool = False) -> AuthidRow:
         """Add spendable credit; `payment` counts one more live payment."""
         return self._change(authid, "credit = credit + ?, payments = payments + ?",
-                            (amount, int(payment)))
+                            (amount, int(payment)), counted=True)
 
     def add_pending(self, authid: str, amount: int, payment: bool = False) -> AuthidRow:
         """Add credit that is not spendable yet; `payment` counts one more live payment."""
@@ -685,13 +716,13 @@ class Tx:
     def release_pending(self, authid: str, amount: int) -> AuthidRow:
         """Pending -> credit: a payment got the confirmations its place needs."""
         return self._change(authid, "pending = pending - ?, credit = credit + ?",
-                            (amount, amount))
+                            (amount, amount), counted=True)
 
     def revoke(self, authid: str, amount: int, from_pending: bool) -> AuthidRow:
         """Take a payment's amount back (from pending or from credit) and uncount it."""
         column = "pending" if from_pending else "credit"
         return self._change(authid, f"{column} = {column} - ?, payments = payments - 1",
-                            (amount,))
+                            (amount,), counted=not from_pending)
 
     def spend(self, authid: str, amount: int, ms: int) -> AuthidRow:
         """Charge `amount` for `ms` of use, now."""
@@ -707,20 +738,25 @@ class Tx:
         # PENDING/DEPLETED -> ACTIVE
         return self._change(authid, "state = 'ACTIVE', activations = activations + 1, "
                             "activated_at = ?, spending_since = NULL", (self.now,),
-                            "state <> 'ACTIVE'")
+                            "state <> 'ACTIVE'", counted=True)
 
     def deactivate(self, authid: str) -> AuthidRow:
         # ACTIVE -> DEPLETED
         return self._change(authid, "state = 'DEPLETED', spending_since = NULL", (),
-                            "state = 'ACTIVE'")
+                            "state = 'ACTIVE'", counted=True)
 
     def revoke_access(self, authid: str) -> AuthidRow:
         # any -> REVOKED: refused until granted by hand, whatever it pays (#19)
         return self._change(authid, "state = 'REVOKED', spending_since = NULL", (),
-                            "state <> 'REVOKED'")
+                            "state <> 'REVOKED'", counted=True)
 
     def _change(self, authid: str, assignments: str, args: tuple,
-                guard: str = "") -> AuthidRow:
+                guard: str = "", counted: bool = False) -> AuthidRow:
+        if counted:
+            # a change of access or credit: the next change number (migration 4), read by
+            # authd and sessiond to find what changed (#16); transactions are serial here
+            assignments += ", change_seq = (SELECT COALESCE(MAX(change_seq), 0) + 1 " \
+                           "FROM authids)"
         rows = self.conn.execute(
             f"UPDATE authids SET {assignments}, modified = ? WHERE authid = ?"
             + (f" AND {guard}" if guard else "") + f" RETURNING {_AUTHID_COLS}",
@@ -730,6 +766,36 @@ class Tx:
             raise NotApplied(f"authid {authid}: not in the ledger" if row is None else
                              f"authid {authid}: state {row.state}, not changed ({guard})")
         return AuthidRow(*rows[0])
+
+    def change_seq(self) -> int:
+        return int(self.conn.execute(
+            "SELECT COALESCE(MAX(change_seq), 0) FROM authids").fetchone()[0])
+
+    def authids_changed(self, after: int, limit: int = 10_000
+                        ) -> list[tuple[int, AuthidRow]]:
+        """(change number, row) of the authids changed after `after` (see
+        Ledger.authid_changes), oldest change first, at most `limit`."""
+        return [(r[0], AuthidRow(*r[1:])) for r in self.conn.execute(
+            f"SELECT change_seq, {_AUTHID_COLS} FROM authids WHERE change_seq > ? "
+            "ORDER BY change_seq LIMIT ?", (after, limit))]
+
+    def authids_waiting_to_spend(self, activated_before: float, limit: int) -> list[str]:
+        """Active authids not spending yet, activated before `activated_before` (`activate`
+        sets it), by the authids_waiting index, oldest first, at most `limit`."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT authid FROM authids WHERE state = 'ACTIVE' AND spending_since IS NULL "
+            "AND activated_at <= ? ORDER BY activated_at LIMIT ?", (activated_before, limit))]
+
+    def authids_spending(self, service_ids: list[str] | None) -> list[str]:
+        """Active authids already spending, of these services (None: of any)."""
+        sql = "SELECT authid FROM authids WHERE state = 'ACTIVE' AND spending_since IS NOT NULL"
+        if service_ids is None:
+            return [r[0] for r in self.conn.execute(sql)]
+        if not service_ids:
+            return []
+        marks = ",".join("?" * len(service_ids))
+        return [r[0] for r in self.conn.execute(f"{sql} AND service_id IN ({marks})",
+                                                service_ids)]
 
     def authids_in(self, states: tuple[str, ...]) -> list[AuthidRow]:
         marks = ",".join("?" * len(states))
@@ -832,6 +898,17 @@ class Tx:
             f"UNION ALL SELECT {_SESSION_COLS} FROM sessions WHERE state = 'CLOSED' "
             "AND authid = ? AND ended > ? ORDER BY started, id",
             (authid, authid, ended_after))]
+
+    def authids_owing_session_time(self, grace: float) -> set[str]:
+        """Active, spending authids with a closed session that ended (plus `grace`
+        seconds) after they were last charged: time sessiond may still have to charge
+        after a restart. Reads every closed session: for a start, not for a tick."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT s.authid FROM sessions s JOIN authids a ON a.authid = s.authid "
+            "WHERE s.state = 'CLOSED' AND a.state = 'ACTIVE' "
+            "AND a.spending_since IS NOT NULL "
+            "AND s.ended + ? > CASE WHEN a.last_used > a.spending_since THEN a.last_used "
+            "ELSE a.spending_since END", (grace,))}
 
     # --- bans (firewalld owns them; issue #19) ---
     def add_ban(self, ip: str, reason: str, expires: float) -> BanRow:

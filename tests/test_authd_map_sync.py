@@ -179,3 +179,29 @@ def test_two_authd_processes_add_each_authid_once(cfg, ledger, haproxy):
         t.join(timeout=30)
     assert failures == []
     assert haproxy.keys() == {a: 1 for a in many}
+
+
+def test_catch_up_applies_what_changed_since_the_last_look_and_only_that(cfg, ledger,
+                                                                         haproxy):
+    """#16: the periodic look reads the ledger's changes, not every authid: a
+    deactivation no message announced is applied, one a message applied is not again,
+    and a ledger whose counter went back (a restored file) gets a full resync."""
+    many = [f"1C{i:014X}" for i in range(300)]
+    activate(ledger, cfg, *many)
+    haproxy.start()
+    sync = MapSync(haproxy.admin, haproxy.map, ledger, cfg.state / "run" / "lock")
+    assert sync.catch_up() == len(many) + len(ACTIVE)      # the first look is a resync
+    assert sync.catch_up() == 0                            # nothing changed, nothing read
+    deactivate(ledger, many[5])                            # its message was lost
+    deactivate(ledger, many[6])
+    assert sync.apply(many[6])                             # this one's message arrived
+    assert sync.catch_up() == 1
+    assert many[5] not in haproxy.keys() and many[6] not in haproxy.keys()
+    with ledger.transaction() as tx:                       # a top-up: still admitted
+        tx.credit(many[7], 100 * 10**12)
+    assert sync.catch_up() == 1 and many[7] in haproxy.keys()   # one `set map`
+    assert sync.catch_up() == 0
+    ledger.conn.execute("UPDATE authids SET change_seq = 1")   # as if restored from a copy
+    haproxy.admin.command(f"del map {haproxy.map} {many[8]}")
+    assert sync.catch_up() == 1 and many[8] in haproxy.keys()
+    assert len(haproxy.keys()) == len(many) + len(ACTIVE) - 2

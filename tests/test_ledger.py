@@ -504,3 +504,60 @@ def test_credits_from_many_connections_add_up(tmp_path):
         t.join(timeout=60)
     row = Ledger.open(path).authid(A)
     assert (row.credit, row.payments) == (8 * 50 * 3, 8 * 50)
+
+
+def test_change_counter_numbers_access_and_credit_changes(tmp_path):
+    """Migration 4 (#16): every verb that changes an authid's state or credit gives the row
+    the next change number, in commit order; charging time, starting to spend and pending
+    credit do not (nobody reading the changes acts on those)."""
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    a, b = "1A00112233445566", "1A66554433221100"
+    with ledger.transaction() as tx:
+        tx.ensure_authid(a, "1A")
+        tx.ensure_authid(b, "1A")
+        tx.add_pending(b, 100, payment=True)
+    assert ledger.change_seq() == 0 and ledger.authid_changes(0) == []
+    with ledger.transaction() as tx:
+        tx.credit(b, 500)
+        tx.activate(a)
+    changes = ledger.authid_changes(0)
+    assert [(c.seq, c.authid, c.state) for c in changes] == [(1, b, "PENDING"), (2, a, "ACTIVE")]
+    with ledger.transaction() as tx:
+        tx.start_spending(a, tx.now)
+        tx.spend(a, 10, 1000)
+    assert ledger.change_seq() == 2
+    with ledger.transaction() as tx:
+        tx.revoke(b, 100, from_pending=True)          # pending only: no change
+        tx.revoke(b, 200, from_pending=False)
+        tx.deactivate(a)
+    assert [(c.seq, c.authid, c.state) for c in ledger.authid_changes(2)] == [
+        (3, b, "PENDING"), (4, a, "DEPLETED")]
+    with ledger.transaction() as tx:
+        assert [(n, row.authid) for n, row in tx.authids_changed(2)] == [(3, b), (4, a)]
+        assert [n for n, _ in tx.authids_changed(0, limit=1)] == [3]
+    ledger.close()
+
+
+def test_waiting_spending_and_owing_lists(tmp_path):
+    """The reads a sessiond tick makes instead of reading every active authid (#16)."""
+    clock = iter(float(t) for t in range(100, 200))
+    ledger = Ledger.open(tmp_path / "ledger.sqlite", clock=lambda: next(clock))
+    a, b, c = "1A00112233445566", "1A66554433221100", "1B00000000000001"
+    with ledger.transaction() as tx:       # now 100
+        for authid in (a, b, c):
+            tx.ensure_authid(authid, authid[:2])
+            tx.credit(authid, 1000)
+            tx.activate(authid)
+        tx.start_spending(c, tx.now)
+        sid = tx.open_session("proxy", c, "127.0.0.1", c)
+    with ledger.transaction() as tx:       # now 101
+        assert tx.authids_waiting_to_spend(100.5, 10) == [a, b]
+        assert tx.authids_waiting_to_spend(99.0, 10) == []
+        assert tx.authids_waiting_to_spend(100.5, 1) == [a]
+        assert tx.authids_spending(None) == [c] and tx.authids_spending(["1B"]) == [c]
+        assert tx.authids_spending(["1A"]) == [] and tx.authids_spending([]) == []
+        tx.close_session(sid, "ended", 0, 0)
+        assert tx.authids_owing_session_time(5.0) == {c}   # ended after its last charge
+        tx.spend(c, 1, 1000)
+        assert tx.authids_owing_session_time(0.0) == set()  # charged up to its end
+    ledger.close()

@@ -162,6 +162,12 @@ def tx_workload() -> dict[str, Callable[[Tx], object]]:
         "add_ban": lambda tx: (tx.add_ban("192.0.2.1", "probe", tx.now + 60),
                                tx.add_ban("192.0.2.1", "again", tx.now + 30)),
         "lift_ban": lambda tx: tx.lift_ban("192.0.2.1"),
+        "change_seq": lambda tx: tx.change_seq(),
+        "authids_changed": lambda tx: tx.authids_changed(0, 10),
+        "authids_waiting_to_spend": lambda tx: tx.authids_waiting_to_spend(tx.now, 10),
+        "authids_spending": lambda tx: (tx.authids_spending(None),
+                                        tx.authids_spending(["1A", "1B"])),
+        "authids_owing_session_time": lambda tx: tx.authids_owing_session_time(60.0),
     }
 
 
@@ -193,6 +199,8 @@ def ledger_workload(path: Path) -> dict[str, Callable[[Ledger], object]]:
         "bans": lambda led: led.bans(),
         "bans_ended": lambda led: led.bans_ended(0.0, 1e10),
         "audit_after": lambda led: led.audit_after(0),
+        "change_seq": lambda led: led.change_seq(),
+        "authid_changes": lambda led: led.authid_changes(0, 10),
     }
 
 

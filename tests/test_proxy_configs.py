@@ -111,13 +111,21 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
     text = haproxy_config.render(cfg, OWN)
     assert f"stats socket {cfg.haproxy_admin_socket} mode 600 level admin" in text
     assert "log 127.0.0.1:9000 len 4096 format raw local0" in text
-    assert "log 127.0.0.1:9001 len 4096 format raw local0" in text
+    assert "log 127.0.0.1:9001" not in text     # sessiond reads no log (#14, #16)
     assert "option logasap" in text
     assert ('log-format "LTHN1 %ci %cp %[var(txn.authid)] %[var(txn.reason)] %ST %HM '
             '%[var(txn.dest)]"') in text
-    assert ("stick-table type string len 16 size 1m expire 1h "
+    assert ("stick-table type string len 16 size 1m expire 10s "
             "store conn_cur,bytes_in_cnt,bytes_out_cnt,http_req_cnt") in text
+    assert "stick-table type string len 64 size 1m expire 10s store conn_cur" in text
     assert "http-request track-sc0 var(txn.authid) table authid_sessions" in text
+    assert ('http-request set-var-fmt(txn.lthn_stream) "%[var(txn.authid)]/%[src]:%[src_port]"'
+            in text)
+    assert "http-request track-sc1 var(txn.lthn_stream) table authid_streams" in text
+    # admitted requests are not logged; a refusal on the response side is (#16)
+    silent = text.index("http-request set-log-level silent\n")
+    assert silent > text.index("!paid") and silent > text.index("str(DENY_DESTINATION)")
+    assert "http-response set-log-level info if squid_denied_destination" in text
     assert f"map({tmp_path}/state/run/authids.map)" in text
     assert "server upstream 127.0.0.1:9200" in text and "server authd 127.0.0.1:9100" in text
     assert f"bind 127.0.0.1:9300 ssl crt {cfg.certificate_path}" in text

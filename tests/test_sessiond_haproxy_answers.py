@@ -6,18 +6,22 @@ import pytest
 
 from services.sessiond.haproxy_answers import (
     AnswerError,
+    counters_entry,
     normalise_address,
     parse_sessions,
+    parse_stream_table,
     parse_table,
+    table_counters,
 )
 from tests.fixtures.transcripts import blocks
 
 TABLE = blocks("haproxy_show_table.txt")
 SESS = blocks("haproxy_show_sess.txt")
+STREAMS = blocks("haproxy_show_streams.txt")
 
 
 def test_transcripts_are_there():
-    assert len(TABLE) >= 8 and len(SESS) >= 4
+    assert len(TABLE) >= 8 and len(SESS) >= 5 and len(STREAMS) >= 6
 
 
 @pytest.mark.parametrize("title,expected,answer", TABLE, ids=[b[0] for b in TABLE])
@@ -38,6 +42,53 @@ def test_show_sess(title, expected, answer):
             parse_sessions(answer)
         return
     assert [[s.ptr, s.proto, s.src] for s in parse_sessions(answer)] == expected
+
+
+@pytest.mark.parametrize("title,expected,answer", STREAMS, ids=[b[0] for b in STREAMS])
+def test_show_stream_table(title, expected, answer):
+    if expected == "error":
+        with pytest.raises(AnswerError):
+            parse_stream_table(answer, "authid_streams")
+        return
+    got = [[e.authid, e.client, e.conn_cur]
+           for e in parse_stream_table(answer, "authid_streams")]
+    assert got == expected
+
+
+def test_stream_table_clients_match_show_sess_sources():
+    """What cutting relies on: the stream table's client is show sess's src, v4 and v6."""
+    clients = {e.client for e in parse_stream_table(STREAMS[2][2], "authid_streams")}
+    sources = {s.src for s in parse_sessions(SESS[-1][2]) if s.proto.startswith("tcp")}
+    assert clients == sources
+
+
+@pytest.mark.parametrize("title,expected,answer", TABLE, ids=[b[0] for b in TABLE])
+def test_fast_table_parse_agrees_with_the_line_parser(title, expected, answer):
+    """The tick's parser (a regex over the whole answer, #16) reads every real answer as
+    parse_table does, and refuses what it refuses, and an empty answer too: a whole
+    listing always has its header, so nothing is never taken for 'nobody'."""
+    if expected == "error" or not answer.strip():
+        with pytest.raises(AnswerError):
+            table_counters(answer, "authid_sessions")
+        return
+    got = [[e.key, e.conn_cur, e.http_req_cnt, e.bytes_in, e.bytes_out]
+           for e in (counters_entry(k, v)
+                     for k, v in table_counters(answer, "authid_sessions").items())]
+    assert got == expected
+
+
+@pytest.mark.parametrize("answer", [
+    "# table: authid_sessions, type: string, size:1048576, used:1\n"
+    "0x55: key=1A00112233445566 use=1 exp=3 conn_cur=x http_req_cnt=1 bytes_in_cnt=0 "
+    "bytes_out_cnt=0\n",
+    "# table: authid_sessions, type: string, size:1048576, used:2\n"
+    "0x55: key=1A00112233445566 use=1 exp=3 conn_cur=1 http_req_cnt=1 bytes_in_cnt=0 "
+    "bytes_out_cnt=0\n0x56: key=1A00112233445577 use=1 exp=3 conn_cur=1\n",
+    "# table: other, type: string, size:1048576, used:0\n",
+])
+def test_fast_table_parse_refuses_garbage(answer):
+    with pytest.raises(AnswerError):
+        table_counters(answer, "authid_sessions")
 
 
 def test_table_of_another_name_is_refused():

@@ -44,7 +44,9 @@ class Rig:
                           "idleGrace": 0}],
             "proxy": {"log_port": free_port_pair()},
             "vpn": {"enabled": True},
-            "sessions": {"tracking": tracking, "max_wait_to_spend": 3600, "tick": 1.0},
+            # charge_interval 1 s: every tick writes its charge, which these tests read (#16)
+            "sessions": {"tracking": tracking, "max_wait_to_spend": 3600, "tick": 1.0,
+                         "charge_interval": 1.0},
         }, "test.yaml")
         self.wall, self.mono = HandClock(T0), HandClock(100.0)
         ledger = Ledger.open(self.config.ledger_path, clock=self.wall)

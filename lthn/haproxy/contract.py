@@ -1,9 +1,13 @@
-"""What the node's haproxy config promises the daemons that read haproxy (issue #13).
+"""What the node's haproxy config promises the daemons that read haproxy (issues #13, #16).
 
-services/proxy/haproxy_config.py renders these into haproxy.cfg; authd (the authid map,
-the refusal log), sessiond (the stick table, the session log) and
-lthn/haproxy/request_log.py (the log line) rely on them. Each is written here only, so
-the two sides cannot drift apart. docs/design.md says how they are used.
+services/proxy/haproxy_config.py renders these into haproxy.cfg (tests/fixtures/
+mini_proxy.py into its test haproxy); authd (the authid map, the refusal log), sessiond
+(the two stick tables) and lthn/haproxy/request_log.py (the log line) rely on them. Each
+is written here only, so the two sides cannot drift apart. docs/design.md says how they
+are used.
+
+Admitted requests cost no daemon any work (#16): haproxy keeps what sessiond needs in its
+own stick tables, which sessiond reads when it ticks or cuts, and it logs only refusals.
 """
 
 from __future__ import annotations
@@ -14,34 +18,65 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # lthn.config reads admin_socket_path from here
     from lthn.config import Config
 
-# the stick table (a backend of this name) that tracks every admitted request by authid;
-# `conn_cur > 0` means the authid has a live session
+# the stick table (a backend of this name) that tracks every admitted request by authid
+# (track-sc0); `conn_cur > 0` means the authid has a live stream. An entry expires
+# `session_expiry` after its last stream ended, so `show table` lists the authids live now
+# or busy lately, not every authid ever admitted (#16)
 STICK_TABLE = "authid_sessions"
-STICK_TABLE_DEFINITION = ("stick-table type string len 16 size 1m expire 1h "
-                          "store conn_cur,bytes_in_cnt,bytes_out_cnt,http_req_cnt")
+STICK_TABLE_STORE = "conn_cur,bytes_in_cnt,bytes_out_cnt,http_req_cnt"
 
-# one raw datagram per request (`option logasap`), no syslog header:
+# the stick table of live client connections per authid (track-sc1): key
+# `<AUTHID>/<client ip>:<client port>`, `conn_cur` = that connection's live streams (an
+# open CONNECT tunnel is one). sessiond reads `show table authid_streams data.conn_cur gt
+# 0` to find the streams to cut; haproxy fills it and forgets closed connections itself,
+# so nothing is lost when sessiond restarts (#14). sc2 is left for per-source tracking.
+STREAM_TABLE = "authid_streams"
+STREAM_KEY_SEPARATOR = "/"
+STREAM_KEY_LEN = 64      # 16 + "/" + the longest IPv6 text (39) + ":" + 5 digits = 62
+STREAM_EXPIRY_SECONDS = 10
+STREAM_KEY_VAR = "txn.lthn_stream"
+
+# one raw datagram per refused request (`option logasap`), no syslog header:
 #   LTHN1 <client ip> <client port> <authid|-> <reason|-> <status> <method> <destination>
+# Admitted requests are not logged (`set-log-level silent`); a refusal answered on the
+# response side (squid's destination refusal) turns logging back on (#16).
 LOG_TAG = "LTHN1"
 LOG_FORMAT = f"{LOG_TAG} %ci %cp %[var(txn.authid)] %[var(txn.reason)] %ST %HM %[var(txn.dest)]"
 LOG_HOST = "127.0.0.1"
 LOG_DATAGRAM_LEN = 4096   # haproxy truncates a longer line
 
 
+def session_expiry(config: Config) -> int:
+    """Seconds an idle `authid_sessions` entry is kept: long enough that sessiond, polling
+    every `sessions.tick`, sees a request that came and went between two polls."""
+    return max(10, int(3 * config.sessions.tick) + 1)
+
+
+def stick_table_definition(config: Config) -> str:
+    return (f"stick-table type string len 16 size 1m expire {session_expiry(config)}s "
+            f"store {STICK_TABLE_STORE}")
+
+
+def stream_table_definition() -> str:
+    return (f"stick-table type string len {STREAM_KEY_LEN} size 1m "
+            f"expire {STREAM_EXPIRY_SECONDS}s store conn_cur")
+
+
+def admitted_rules(authid_var: str = "txn.authid") -> list[str]:
+    """The `http-request` lines for a request that passed every check: track it by authid
+    and by client connection, and log nothing (no datagram, no daemon woken)."""
+    return [
+        f"http-request track-sc0 var({authid_var}) table {STICK_TABLE}",
+        f'http-request set-var-fmt({STREAM_KEY_VAR}) "%[var({authid_var})]'
+        f'{STREAM_KEY_SEPARATOR}%[src]:%[src_port]"',
+        f"http-request track-sc1 var({STREAM_KEY_VAR}) table {STREAM_TABLE}",
+        "http-request set-log-level silent",
+    ]
+
+
 def refusal_log_port(config: Config) -> int:
-    """Where the request log reaches authd, which publishes the refusals in it."""
+    """Where the request log (refusals only) reaches authd, which publishes them."""
     return config.proxy.log_port
-
-
-def session_log_port(config: Config) -> int:
-    """Where the request log reaches sessiond, which learns which client connection
-    carries which authid (to cut its streams)."""
-    return config.proxy.log_port + 1
-
-
-def log_ports(config: Config) -> tuple[int, int]:
-    """Every port haproxy sends its request log to (the same line to each)."""
-    return refusal_log_port(config), session_log_port(config)
 
 
 def authid_map_path(config: Config) -> Path:

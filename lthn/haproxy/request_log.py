@@ -1,10 +1,10 @@
 """haproxy's request log: the datagrams it sends, parsed, and the socket they arrive on.
 
-Format (`contract.LOG_FORMAT`, set in the generated haproxy config, one request per
-datagram):
+Format (`contract.LOG_FORMAT`, set in the generated haproxy config, one refused request
+per datagram; admitted requests are not logged, #16):
     LTHN1 <client ip> <client port> <authid|-> <reason|-> <status> <method> <destination>
 The destination is last and may contain anything but a newline; `-` means unset. authd
-reads the refusals in it, sessiond the admitted requests (docs/design.md).
+reads it and publishes the refusals (docs/design.md).
 """
 
 from __future__ import annotations

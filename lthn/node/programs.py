@@ -51,15 +51,16 @@ PROGRAMS: tuple[Program, ...] = (
                  "may take its timeout to return."),
     Program("authd", "lthn-authd", "services.authd.main",
             "keeps haproxy's runtime map of active authids equal to the ledger (bus "
-            "messages plus a resync every 3 s and whenever haproxy restarts), answers the "
+            "messages, the ledger's changes every 3 s, a full resync whenever haproxy "
+            "restarts and every 10 minutes), answers the "
             "client status request, and publishes every refusal haproxy logs as "
             "`access.refused`. Scales with `LTHN_AUTHD_PROCS`.",
             priority=100, stopwaitsecs=10, group=True),
     Program("sessiond", "lthn-sessiond", "services.sessiond.main",
-            "watches each authid's live proxy sessions in haproxy (and, in VPN mode, its "
-            "OpenVPN clients as vpnd reports them), charges their time per tick, and when "
-            "credit runs out deactivates the authid and cuts its open connections, tunnels "
-            "and VPN clients.",
+            "watches each authid's live proxy sessions in haproxy's stick tables (and, in "
+            "VPN mode, its OpenVPN clients as vpnd reports them), charges their time (into "
+            "the ledger at least every minute of use), and when credit runs out deactivates "
+            "the authid and cuts its open connections, tunnels and VPN clients.",
             priority=100, stopwaitsecs=10),
     Program("firewalld", "lthn-firewalld", "services.firewalld.main",
             "counts `access.refused` events per source address in a sliding window and "

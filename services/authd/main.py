@@ -27,8 +27,10 @@ from services.authd.status_answer import StatusAnswerer
 log = logging.getLogger(__name__)
 
 PROCESS_CHECK_SECONDS = 0.5  # a restarted haproxy is noticed (and resynced) this fast
-RESYNC_SECONDS = 3.0         # the longest an inactive authid can stay admitted if a
+CATCH_UP_SECONDS = 3.0       # the longest an inactive authid can stay admitted if a
                              # deactivation message is lost (issue #4)
+FULL_RESYNC_SECONDS = 600.0  # the whole map against the ledger, for what no ledger change
+                             # explains (#16: 100,000 authids are a 4 MB `show map`)
 
 
 class AuthDaemon(Daemon):
@@ -49,7 +51,9 @@ class AuthDaemon(Daemon):
         self.watch(self.refusals.fileno(), self.on_refusals)  # zmq polls plain fds by number
         self.timers.every(PROCESS_CHECK_SECONDS, self.map_sync.check_process,
                           first=PROCESS_CHECK_SECONDS)
-        self.timers.every(RESYNC_SECONDS, self.periodic_resync, first=RESYNC_SECONDS)
+        self.timers.every(CATCH_UP_SECONDS, self.map_sync.catch_up, first=CATCH_UP_SECONDS)
+        self.timers.every(FULL_RESYNC_SECONDS, self.periodic_resync,
+                          first=FULL_RESYNC_SECONDS)
         log.info("authd: status answerer on 127.0.0.1:%d, refusals from udp 127.0.0.1:%d",
                  self.config.proxy.status_port, contract.refusal_log_port(self.config))
 

@@ -22,7 +22,8 @@ SESSION_KIND = "proxy"
 
 
 def refusal_event(line: RequestLog) -> AccessRefused | None:
-    """The event for a refused request; None for an admitted one (sessiond reads those)."""
+    """The event for a refused request; None for a line without a reason (haproxy logs
+    only refusals, but a line of an older config may still arrive)."""
     if not line.reason:
         return None
     refusal = Refusal.of(line.reason)

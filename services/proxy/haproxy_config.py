@@ -11,10 +11,12 @@ refusal answers its row of lthn/refusals.py (status, `X-LTHN-Status`, one-line b
    DENY_DESTINATION (squid checks again after name resolution);
 6. every X-LTHN-* / X-ITNS-* header removed, the authid tracked in the stick table,
    the request forwarded to squid; squid's own destination refusal becomes DENY_DESTINATION.
-Every request is logged at once (`option logasap`) as one raw datagram in the format
-lthn/haproxy/request_log.py parses, to authd (refusals) and sessiond (streams). What
-other daemons rely on (table, log format and ports, map, admin socket) is named in
-lthn/haproxy/contract.py, not here.
+Admitted requests are tracked in haproxy's stick tables (by authid, and by client
+connection so sessiond can find the streams to cut) and not logged: they cost no daemon
+any work (#16). Every refusal is logged at once (`option logasap`) as one raw datagram in
+the format lthn/haproxy/request_log.py parses, to authd. What other daemons rely on
+(tables, log format and port, map, admin socket) is named in lthn/haproxy/contract.py,
+not here.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ def backend_address(config: Config) -> str:
 
 
 def _refuse(refusal: Refusal, condition: str, rule: str = "http-request") -> list[str]:
-    """Two lines: remember the reason for the log line, then answer with it."""
+    """Remember the reason for the log line, then answer with it. A refusal of a response
+    logs again: its request was admitted, and admitted requests are not logged."""
+    log_again = [f"    {rule} set-log-level info if {condition}"] \
+        if rule == "http-response" else []
     return [
         f"    {rule} set-var(txn.reason) str({refusal.code}) if {condition}",
+        *log_again,
         f"    {rule} return status {refusal.http_status} content-type text/plain "
         f'string "{refusal.text}\\n" hdr {refusals.HEADER} {refusal.code} if {condition}',
     ]
@@ -94,8 +100,8 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "global",
         f"    stats socket {contract.admin_socket_path(config)} mode 600 level admin",
         "    stats timeout 30s",
-        *(f"    log {contract.LOG_HOST}:{port} len {contract.LOG_DATAGRAM_LEN} format raw local0"
-          for port in contract.log_ports(config)),
+        f"    log {contract.LOG_HOST}:{contract.refusal_log_port(config)} "
+        f"len {contract.LOG_DATAGRAM_LEN} format raw local0",
         "    ssl-default-bind-options ssl-min-ver TLSv1.2",
         "    # a second haproxy on the same port must fail loudly, never serve a stale map",
         "    noreuseport",
@@ -159,6 +165,7 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "    # --- the status request goes to authd before the paid check (issue #4) ---",
         "    acl status_host var(txn.dhost) -i -m str " + " ".join(STATUS_HOSTS),
         "    acl status_path path_beg /status",
+        "    http-request set-log-level silent if status_host status_path",
         "    http-request allow if status_host status_path",
         "",
         "    # --- paid? authd keeps this runtime map equal to the ledger's active set ---",
@@ -167,9 +174,10 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "",
         *_destination_rules(config, own_addresses),
         "",
-        "    # --- admitted: nothing of ours leaves the node (issue #4) ---",
+        "    # --- admitted: nothing of ours leaves the node (issue #4); tracked by authid and",
+        "    # client connection for sessiond, not logged (issue #16) ---",
         "    http-request del-header ^x-(lthn|itns)- -m reg",
-        f"    http-request track-sc0 var(txn.authid) table {contract.STICK_TABLE}",
+        *(f"    {line}" for line in contract.admitted_rules()),
         "    use_backend lthn_status if status_host status_path",
         "    default_backend lthn_upstream",
         "",
@@ -185,7 +193,10 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         f"    server authd 127.0.0.1:{p.status_port}",
         "",
         f"backend {contract.STICK_TABLE}",
-        f"    {contract.STICK_TABLE_DEFINITION}",
+        f"    {contract.stick_table_definition(config)}",
+        "",
+        f"backend {contract.STREAM_TABLE}",
+        f"    {contract.stream_table_definition()}",
         "",
     ]
     return "\n".join(lines)

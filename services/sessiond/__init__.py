@@ -4,10 +4,10 @@
     sessiond.py        the Daemon: one tick (observe -> rows -> charge) and the cut paths
     charging.py        what to charge per authid and tick (pure decisions + charge_tick)
     session_book.py    open session rows of one kind, in step with what its adapter sees
-    proxy_sessions.py  the proxy adapter: haproxy's stick table, request log, show sess cut
+    proxy_sessions.py  the proxy adapter: haproxy's two stick tables, show sess cut
     vpn_sessions.py    the VPN adapter: lthn-vpnd's client snapshot; cuts by session.kill
-    client_map.py      client ip:port -> authid, from haproxy's request-log datagrams
-    haproxy_answers.py parsers of `show table` and `show sess`
+    haproxy_answers.py parsers of `show table` (both tables) and `show sess`
+    schedule.py        when each authid is next looked at (memory only, #16)
 
 Each adapter reports `session_book.Observed` for its kind into its own book; charging
 does not care about kinds (issue #18 added the VPN one without changing either).

@@ -1,10 +1,12 @@
-"""Which authids to charge this tick, and for how many milliseconds (issue #4).
+"""Which authids to charge this tick, and for how many milliseconds (issues #4, #16).
 
 The decisions are pure functions of an authid's ledger row, its sessions and the clock
-(`plan`, `billable_ms`); `charge_tick` applies them inside the caller's transaction with
-`lthn.access.charge` / `reevaluate`. Amounts always come from the ledger's
-`spending_since` / `last_used` / `charged_ms`, never from memory, so a restart neither
-charges twice nor forgets time: each tick charges [max(spending_since, last_used), now].
+(`plan`, `billable_ms`, `next_look`); `charge_tick` applies them inside the caller's
+transaction with `lthn.access.charge` / `reevaluate`, to the authids its `Schedule` says
+are due a look (not every active authid every tick: #16). Amounts always come from the
+ledger's `spending_since` / `last_used` / `charged_ms`, never from memory, so a restart
+neither charges twice nor forgets time, and a look that comes late charges what an
+earlier one would have: each look charges [max(spending_since, last_used), now].
 
 Time is in integer milliseconds (`to_ms`) so consecutive ticks telescope exactly.
 """
@@ -13,18 +15,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from lthn import access
+from lthn import access, credit_rules
 from lthn.authid import short
 from lthn.config import Config
+from lthn.credit_rules import MS_PER_MINUTE
 from lthn.ledger import AuthidRow, SessionRow, Tx
+from services.sessiond.schedule import REGULAR, SOON, URGENT, Schedule
 
 log = logging.getLogger(__name__)
 
 ACTOR = "sessiond"
 WALLCLOCK = "wallclock"
 CONNECTED = "connected"
+MS_PER_SECOND = 1000
+CHANGES_PER_TICK = 5000    # ledger changes read in one tick (a burst waits for the next)
+WAITING_PER_TICK = 1000    # authids listed as past their max wait to spend, per tick
 
 
 def to_ms(t: float) -> int:
@@ -43,6 +50,7 @@ class Policy:
     """The node-wide settings charging depends on (config `sessions`)."""
     tracking: bool
     max_wait_ms: int
+    interval_ms: int = MS_PER_MINUTE   # charge at least this often (`charge_interval`)
 
 
 @dataclass(frozen=True)
@@ -118,49 +126,134 @@ def _floor(row: AuthidRow) -> int:
     return max(to_ms(row.spending_since), to_ms(row.last_used or 0))
 
 
-@dataclass
-class Hints:
-    """Which connected-billing authids may have billable session time. Memory only narrows
-    which ledger rows to read; what is charged is always computed from the ledger."""
-    everyone: bool = True                        # after a start: look at every authid once
-    until: dict[str, int] = field(default_factory=dict)   # authid -> last end + grace (ms)
+def dry_ms(rules: credit_rules.Rules, balance: int) -> int | None:
+    """Milliseconds of use the balance pays before it can no longer pay the next second
+    (`credit_rules.must_deactivate`); None when time costs nothing."""
+    if rules.cost <= 0:
+        return None
+    return max(0, (60 * balance - rules.cost) * MS_PER_SECOND // rules.cost)
+
+
+def next_look(row: AuthidRow, now: int, spans: list[Span], mode: str, grace_ms: int,
+              policy: Policy, rules: credit_rules.Rules) -> tuple[int, int] | None:
+    """When an authid needs its next look, after one at `now` left `row` (pure): (ms,
+    schedule level), or None until its session opens, the ledger changes it, or (not
+    spending yet) the ledger lists it as waiting past the max wait to spend."""
+    if row.state != access.State.ACTIVE.value or row.spending_since is None:
+        return None
+    if not policy.tracking:
+        mode = WALLCLOCK
+    # charge at the end of the minute of use it is in (one spends row per minute) or
+    # after `charge_interval`, or when its balance runs out, whichever comes first
+    dry = dry_ms(rules, row.balance)
+    step = min(MS_PER_MINUTE - row.charged_ms % MS_PER_MINUTE, policy.interval_ms)
+    step = step if dry is None else min(step, dry)
+    if mode != WALLCLOCK and not any(s.end is None for s in spans):
+        # connected, no open session: only the idle grace after the last one is charged
+        ends = [s.end + grace_ms for s in spans if s.end is not None]
+        if not ends or max(ends) <= now:
+            return None
+        step = min(step, max(ends) - now)
+    return now + max(1, step), URGENT if dry is not None and dry <= step else REGULAR
 
 
 @dataclass(frozen=True)
 class TickResult:
     charged: dict[str, int]      # authid -> atomic units charged
     deactivated: list[str]       # authids this tick deactivated (credit exhausted)
-    active: set[str]             # authids still active after the tick
+    not_active: set[str]         # live authids the ledger does not call active
+    looked: int = 0              # authids looked at (rows read) this tick
 
 
-def charge_tick(tx: Tx, config: Config, live: set[str], hints: Hints) -> TickResult:
-    """Charge every ACTIVE authid for the time since its last charge, in the caller's
-    transaction; deactivate (through `access.reevaluate`) those whose credit is gone.
+def _runs_without_session(config: Config, row: AuthidRow) -> bool:
+    """Its time is charged whether or not a session is open (wallclock billing)."""
+    if not config.sessions.tracking:
+        return True
+    service = config.service(row.service_id)
+    return row.spending_since is not None and service is not None and \
+        service.billing == WALLCLOCK
 
-    `live`: authids with an open session row (or just closed this tick).
+
+def _start(tx: Tx, config: Config, schedule: Schedule, live: set[str], now: int) -> None:
+    """Plan from the ledger (a start, or `control.resync`): the live authids, those a
+    restart may have left owing an idle grace, and those charged without a session.
+    (Those waiting for a first session are the ledger's to list, every tick.)"""
+    schedule.seq = tx.change_seq()
+    grace = max((round(s.idleGrace * 1000) for s in config.services), default=0)
+    for authid in live | tx.authids_owing_session_time(grace / 1000):
+        schedule.soon(authid, now, SOON)
+    wallclock = None if not config.sessions.tracking else \
+        [s.id for s in config.services if s.billing == WALLCLOCK]
+    for authid in tx.authids_spending(wallclock):
+        schedule.soon(authid, now, REGULAR)
+    schedule.inactive &= live
+
+
+def _follow_changes(tx: Tx, config: Config, schedule: Schedule, live: set[str],
+                    now: int) -> None:
+    """Authids whose state, credit or service changed since the last tick (any writer),
+    at most CHANGES_PER_TICK (the rest next tick): a change to a live one is looked at
+    now (a revocation may leave it seconds), a burst of activations costs no look."""
+    assert schedule.seq is not None
+    for seq, row in tx.authids_changed(schedule.seq, CHANGES_PER_TICK):
+        schedule.seq = max(schedule.seq, seq)
+        if row.state != access.State.ACTIVE.value:
+            schedule.put(row.authid, None)
+            if row.authid in live:
+                schedule.inactive.add(row.authid)
+            continue
+        schedule.inactive.discard(row.authid)
+        if row.authid in live:
+            schedule.soon(row.authid, now, URGENT)
+        elif _runs_without_session(config, row):
+            schedule.soon(row.authid, now, SOON)
+
+
+def charge_tick(tx: Tx, config: Config, schedule: Schedule, live: set[str],
+                touched: set[str]) -> TickResult:
+    """Charge the authids due a look for the time since their last charge, in the
+    caller's transaction; deactivate (through `access.reevaluate`) those whose credit is
+    gone, and plan each one's next look.
+
+    `live`: authids with an open session (or closed this tick); `touched`: authids whose
+    session opened or closed this tick.
     """
-    policy = Policy(config.sessions.tracking, round(config.sessions.max_wait_to_spend * 1000))
+    policy = Policy(config.sessions.tracking, round(config.sessions.max_wait_to_spend * 1000),
+                    round(config.sessions.charge_interval * 1000))
     now = to_ms(tx.now)
+    if not schedule.started:
+        _start(tx, config, schedule, live, now)
+    else:
+        _follow_changes(tx, config, schedule, live, now)
+    for authid in touched:
+        schedule.soon(authid, now, SOON)
+    # waiting for a first session past the max wait (at once with tracking off): the
+    # ledger lists them, an index says which, so nothing is kept for the idle ones
+    waited = policy.max_wait_ms if policy.tracking else 0
+    for authid in tx.authids_waiting_to_spend((now - waited) / 1000, WAITING_PER_TICK):
+        schedule.soon(authid, now, REGULAR)
+    schedule.inactive &= live
     charged: dict[str, int] = {}
     deactivated: list[str] = []
-    rows = tx.authids_in((access.State.ACTIVE.value,))
-    for row in rows:
+    looked = schedule.pop_due(now)
+    for authid in looked:
+        row = tx.authid(authid)
+        if row is None or row.state != access.State.ACTIVE.value:
+            if authid in live:
+                schedule.inactive.add(authid)
+            continue
+        schedule.inactive.discard(authid)
         service = config.service(row.service_id)
         if service is None:
+            # never charged; looked at again when the ledger changes it (or a restart)
             log.warning("authid %s: service %s is not in the config; not charged",
                         short(row.authid), row.service_id)
             continue
         grace = round(service.idleGrace * 1000)
         mode = service.billing if policy.tracking else WALLCLOCK
         spans: list[Span] = []
-        if policy.tracking and (hints.everyone or row.authid in live
-                                or row.authid in hints.until):
+        if policy.tracking:
             spans = spans_of(tx.sessions_of(row.authid, (_floor(row) - grace) / 1000))
-            ends = [s.end + grace for s in spans if s.end is not None]
-            if ends and max(ends) > now:
-                hints.until[row.authid] = max(ends)
-            else:
-                hints.until.pop(row.authid, None)
         decision = plan(row, now, spans, mode, grace, policy)
         if decision.spending_since is not None:
             # ACTIVE, not spending -> spending
@@ -168,13 +261,15 @@ def charge_tick(tx: Tx, config: Config, live: set[str], hints: Hints) -> TickRes
             tx.audit(ACTOR, "spending", row.authid, why=decision.why,
                      since=decision.spending_since / 1000)
             log.info("authid %s: spending started (%s)", short(row.authid), decision.why)
-        if decision.ms <= 0:
-            continue
         rules = access.rules_for(config, service)
-        done = access.charge(tx, row, rules, decision.ms, mode, ACTOR)
-        charged[row.authid] = done.amount
-        after = access.reevaluate(tx, done.row, rules, ACTOR)
-        if after.state != access.State.ACTIVE.value:
-            deactivated.append(row.authid)
-    hints.everyone = False
-    return TickResult(charged, deactivated, {r.authid for r in rows} - set(deactivated))
+        if decision.ms > 0:
+            done = access.charge(tx, row, rules, decision.ms, mode, ACTOR)
+            charged[row.authid] = done.amount
+            row = access.reevaluate(tx, done.row, rules, ACTOR)
+            if row.state != access.State.ACTIVE.value:
+                deactivated.append(row.authid)
+                continue
+        look = next_look(row, now, spans, mode, grace, policy, rules)
+        if look is not None:
+            schedule.put(row.authid, *look)
+    return TickResult(charged, deactivated, set(schedule.inactive), len(looked))

@@ -1,4 +1,5 @@
-"""Parsers for the two haproxy runtime answers sessiond reads: `show table` and `show sess`.
+"""Parsers for the haproxy runtime answers sessiond reads: `show table` of its two stick
+tables (lthn/haproxy/contract.py) and `show sess`.
 
 Tested on real transcripts (tests/transcripts/haproxy_*.txt). Anything that is not the
 expected shape raises `AnswerError`, so a garbage answer is logged and retried, never
@@ -8,7 +9,10 @@ taken for "nobody is connected".
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
+
+from lthn.haproxy.contract import STREAM_KEY_SEPARATOR
 
 
 class AnswerError(ValueError):
@@ -23,6 +27,15 @@ class TableEntry:
     http_req_cnt: int
     bytes_in: int
     bytes_out: int
+
+
+@dataclass(frozen=True)
+class ClientStreams:
+    """One entry of the stream table: a client connection admitted for an authid, and how
+    many of its streams are live (an open CONNECT tunnel is one)."""
+    authid: str
+    client: str         # "ip:port", normalised as `Stream.src` is
+    conn_cur: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,59 @@ def parse_table(answer: str, table: str) -> list[TableEntry]:
             http_req_cnt=_int(fields, "http_req_cnt", line),
             bytes_in=_int(fields, "bytes_in_cnt", line),
             bytes_out=_int(fields, "bytes_out_cnt", line)))
+    return entries
+
+
+# one entry of `authid_sessions` as haproxy 2.6 prints it (contract.STICK_TABLE_STORE)
+_COUNTERS = re.compile(r"^0x[0-9a-f]+: key=(\S+) use=\d+ exp=\d+ (conn_cur=\d+ "
+                       r"http_req_cnt=\d+ bytes_in_cnt=\d+ bytes_out_cnt=\d+)$", re.M)
+
+
+def table_counters(answer: str, table: str) -> dict[str, str]:
+    """`show table authid_sessions` -> {key: its counters as printed} (`conn_cur=1
+    http_req_cnt=2 bytes_in_cnt=0 bytes_out_cnt=0`), for a caller that compares polls as
+    text and parses (`counters_entry`) only what changed: 10,000 entries a tick (#16).
+    Anything but a header and entry lines is an AnswerError, as with `parse_table`."""
+    found = dict(_COUNTERS.findall(answer))
+    if len(found) != answer.count("\n0x") or not answer.startswith(f"# table: {table},"):
+        parse_table(answer, table)     # says what is wrong
+        raise AnswerError(f"unexpected listing of table {table}: {answer[:100]!r}")
+    return found
+
+
+def counters_entry(key: str, counters: str) -> TableEntry:
+    """One `table_counters` value parsed (it matched the pattern: four numbers)."""
+    conn_cur, reqs, bytes_in, bytes_out = (int(f.partition("=")[2]) for f in counters.split())
+    return TableEntry(key, conn_cur, reqs, bytes_in, bytes_out)
+
+
+def parse_stream_table(answer: str, table: str) -> list[ClientStreams]:
+    """`show table <stream table> [filter]` -> its entries (key `<AUTHID>/<ip>:<port>`,
+    contract.STREAM_KEY_SEPARATOR). An entry whose key is not of that shape is an error:
+    only the node's own rule fills the table."""
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if not lines:
+        return []
+    if not lines[0].startswith(f"# table: {table},"):
+        raise AnswerError(f"not a listing of table {table}: {lines[0][:100]!r}")
+    entries = []
+    for line in lines[1:]:
+        ptr, sep, rest = line.partition(": ")
+        if not sep or not ptr.startswith("0x") or not rest.startswith("key="):
+            raise AnswerError(f"not a table entry: {line[:100]!r}")
+        key, sep, counters = rest[len("key="):].partition(" use=")
+        if not sep:
+            raise AnswerError(f"no use= in {line[:100]!r}")
+        authid, sep, client = key.partition(STREAM_KEY_SEPARATOR)
+        ip, _, port = client.rpartition(":")
+        try:
+            client = normalise_address(ip, port) if sep and port.isdigit() else ""
+        except ValueError:
+            client = ""
+        if not client:
+            raise AnswerError(f"not an authid/client key: {line[:100]!r}")
+        fields = _fields("use=" + counters, "table entry")
+        entries.append(ClientStreams(authid, client, _int(fields, "conn_cur", line)))
     return entries
 
 

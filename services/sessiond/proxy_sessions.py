@@ -1,29 +1,40 @@
-"""The proxy kind's adapter: haproxy's stick table (`contract.STICK_TABLE`) is what is live, the
-request log says which client connection carries which authid, and cutting is
-`show sess` + `shutdown session <ptr>` for each of the authid's streams (docs/design.md).
+"""The proxy kind's adapter: what haproxy's two stick tables (lthn/haproxy/contract.py) say
+is live, and cutting by `show sess` + `shutdown session <ptr>` (docs/design.md).
 
-An authid has one proxy session while haproxy counts it live: `conn_cur > 0`, or requests
-were admitted since the last look (a short plain-HTTP request may come and go between two
-polls). haproxy updates byte counters when a stream ends, so a tunnel's bytes show when it
-closes.
+- `authid_sessions` (one entry per authid) says which authids are live: `conn_cur > 0`, or
+  requests were admitted since the last look (a short plain-HTTP request may come and go
+  between two polls). Its entries expire soon after their last stream, so a poll reads
+  the authids live now or lately, not every authid ever admitted (#16). haproxy updates
+  byte counters when a stream ends, so a tunnel's bytes show when it closes.
+- `authid_streams` (one entry per authid and client connection) says which client
+  connections carry an authid's live streams: the streams to cut, found in haproxy itself,
+  so a restarted sessiond cuts what it never saw opened (#14).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 
-from lthn.haproxy.contract import STICK_TABLE
-from lthn.haproxy.request_log import RequestLogListener
+from lthn.haproxy.contract import STICK_TABLE, STREAM_TABLE
 from lthn.haproxy.runtime import HaproxyAdmin
-from services.sessiond.client_map import ClientMap
-from services.sessiond.haproxy_answers import AnswerError, TableEntry, parse_sessions, parse_table
+from services.sessiond.haproxy_answers import (
+    AnswerError,
+    ClientStreams,
+    TableEntry,
+    counters_entry,
+    parse_sessions,
+    parse_stream_table,
+    table_counters,
+)
 from services.sessiond.session_book import Observed
 
 log = logging.getLogger(__name__)
 
 KIND = "proxy"
+SHUT_REMEMBERED = 10.0   # seconds a shut stream is not counted again (until it is freed)
 
 
 class HaproxyTrouble(Exception):
@@ -33,72 +44,105 @@ class HaproxyTrouble(Exception):
 class ProxyAdapter:
     kind = KIND
 
-    def __init__(self, admin: HaproxyAdmin, log_port: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, admin: HaproxyAdmin, clock: Callable[[], float] = time.monotonic) -> None:
         self.admin = admin
-        self.log_port = log_port
-        self.clients = ClientMap(clock)
         self.clock = clock
-        self.last: dict[str, TableEntry] | None = None   # previous poll, None before one
+        self.last: dict[str, str] | None = None          # previous poll's counters (text)
+        self.observed: dict[str, Observed] = {}          # and what it reported
+        self.pulse: set[str] = set()     # reported live only for requests since the last
+        self.changed: set[str] | None = None  # keys whose observation the last poll changed
         self.shut: dict[tuple[str, str], float] = {}     # (ptr, src) -> when shut down
-        self.request_log: RequestLogListener | None = None   # None until bound
 
-    # --- request log ---
-    def open_log(self) -> RequestLogListener:
-        """Listen for the request log; raises OSError (the port is taken)."""
-        self.request_log = RequestLogListener(self.log_port, "sessions")
-        return self.request_log
-
-    def read_log(self) -> None:
-        if self.request_log is not None:
-            for line in self.request_log.drain():
-                self.clients.learn(line)
-
-    def close(self) -> None:
-        if self.request_log is not None:
-            self.request_log.close()
-            self.request_log = None
-
-    # --- what is live ---
     def _ask(self, command: str) -> str:
         try:
             return self.admin.command(command)
         except OSError as exc:   # HaproxyUnavailable, a reset, a timeout
             raise HaproxyTrouble(str(exc)) from exc
 
-    def poll(self) -> dict[str, Observed]:
-        """Every table entry by key (= authid), `live` or not (a session that ended
-        carries its final byte counters); raises HaproxyTrouble."""
-        self.read_log()  # learn the newest client connections before judging liveness
+    def streams(self, live_only: bool) -> list[ClientStreams]:
+        """The stream table: every client connection admitted lately, or only those with a
+        live stream. Raises HaproxyTrouble."""
+        command = f"show table {STREAM_TABLE}" + (" data.conn_cur gt 0" if live_only else "")
         try:
-            entries = {e.key: e for e in parse_table(self._ask(f"show table {STICK_TABLE}"),
-                                                     STICK_TABLE)}
+            return parse_stream_table(self._ask(command), STREAM_TABLE)
+        except AnswerError as exc:
+            raise HaproxyTrouble(f"{command}: {exc}") from exc
+
+    # --- what is live ---
+    def poll(self, known: set[str] | frozenset[str] = frozenset()) -> dict[str, Observed]:
+        """Every table entry by key (= authid), `live` or not (a session that ended
+        carries its final byte counters); raises HaproxyTrouble. The client address of a
+        live authid not in `known` (a session about to open) is read from the stream
+        table, which is asked only then.
+
+        The answer is compared with the last poll's as text: an entry that reads the same
+        is the same `Observed` object as then (live only while it has a stream), and
+        `self.changed` names the keys whose observation differs or that are gone, for the
+        book to look at only those (#16: 10,000 quiet tunnels cost a tick nothing)."""
+        try:
+            counters = table_counters(self._ask(f"show table {STICK_TABLE}"), STICK_TABLE)
         except AnswerError as exc:
             raise HaproxyTrouble(f"show table {STICK_TABLE}: {exc}") from exc
-        before = self.last
-        self.last = entries
-        live: dict[str, Observed] = {}
-        for key, entry in entries.items():
-            prev = before.get(key) if before is not None else entry
-            # a key new since the last poll (or counters reset by a haproxy restart)
-            # counts from zero; on the first poll only conn_cur says live
-            if prev is None or prev.http_req_cnt > entry.http_req_cnt:
+        first = self.last is None
+        before = self.last or {}
+        fresh = {key for key, _ in counters.items() - before.items()}
+        gone = before.keys() - counters.keys()
+        live = dict(self.observed)
+        for key in gone:
+            del live[key]
+        # live last time only by new requests: the same counters now mean it is not
+        for key in self.pulse - fresh - gone:
+            live[key] = dataclasses.replace(live[key], live=False)
+        changed = fresh | gone | (self.pulse - gone)
+        pulse = set()
+        for key in fresh:
+            text = counters[key]
+            entry = counters_entry(key, text)
+            old = before.get(key, text if first else None)
+            prev = counters_entry(key, old) if old is not None else TableEntry(key, 0, 0, 0, 0)
+            # a key new since the last poll (or counters reset: the entry expired, or
+            # haproxy restarted) counts from zero; on the first poll only conn_cur says live
+            if prev.http_req_cnt > entry.http_req_cnt:
                 prev = TableEntry(key, 0, 0, 0, 0)
+            requested = entry.http_req_cnt > prev.http_req_cnt
             live[key] = Observed(
-                ref=key, authid=key, source=self.clients.source_of.get(key, ""),
+                ref=key, authid=key, source="",
                 bytes_in=entry.bytes_in, bytes_out=entry.bytes_out,
                 base_in=prev.bytes_in, base_out=prev.bytes_out,
-                live=entry.conn_cur > 0 or entry.http_req_cnt > prev.http_req_cnt)
+                live=entry.conn_cur > 0 or requested)
+            if requested and entry.conn_cur == 0:
+                pulse.add(key)
+        opening = [key for key in live.keys() - known if live[key].live]
+        if opening:
+            sources = self._sources(set(opening))
+            for key in opening:
+                live[key] = dataclasses.replace(live[key], source=sources.get(key, ""))
+            changed.update(opening)
+        self.last, self.observed, self.pulse, self.changed = counters, live, pulse, changed
         return live
+
+    def _sources(self, authids: set[str]) -> dict[str, str]:
+        """A client ip of each authid, a connection with live streams first; an authid
+        whose connections expired already gets none (its session opens without one)."""
+        try:
+            entries = self.streams(live_only=False)
+        except HaproxyTrouble as exc:
+            log.debug("client addresses unknown this tick: %s", exc)
+            return {}
+        found: dict[str, tuple[int, str]] = {}
+        for entry in entries:
+            if entry.authid in authids and entry.conn_cur >= found.get(entry.authid, (-1, ""))[0]:
+                found[entry.authid] = (entry.conn_cur, entry.client.rpartition(":")[0])
+        return {authid: ip for authid, (_, ip) in found.items()}
 
     # --- cutting ---
     def cut(self, authids: set[str]) -> dict[str, int]:
-        """Shut down every stream whose client connection carried one of `authids`, with
-        one `show sess`; returns how many were shut down now per authid (streams already
-        shut and not yet freed are not counted again). Raises HaproxyTrouble."""
-        self.read_log()
-        owner = {c: a for a in authids for c in self.clients.clients_of(a)}
+        """Shut down every live stream of `authids`: their client connections from the
+        stream table, their streams from one `show sess`. Returns how many were shut down
+        now per authid (streams already shut and not yet freed are not counted again).
+        Raises HaproxyTrouble."""
         counts = dict.fromkeys(authids, 0)
+        owner = {s.client: s.authid for s in self.streams(live_only=True) if s.authid in authids}
         if not owner:
             return counts
         try:
@@ -118,18 +162,6 @@ class ProxyAdapter:
             if (stream.ptr, stream.src) not in self.shut:
                 counts[authid] += 1
             self.shut[(stream.ptr, stream.src)] = now
-        for key in [k for k, at in self.shut.items() if at < now - 10]:
+        for key in [k for k, at in self.shut.items() if at < now - SHUT_REMEMBERED]:
             del self.shut[key]
         return counts
-
-    def prune(self) -> None:
-        """Forget client connections that no longer exist (run now and then)."""
-        try:
-            streams = parse_sessions(self._ask("show sess"))
-        except (AnswerError, HaproxyTrouble) as exc:
-            log.debug("client map prune skipped: %s", exc)
-            return
-        self.read_log()
-        dropped = self.clients.prune({s.src for s in streams}, older_than=5.0)
-        if dropped:
-            log.debug("client map: forgot %d closed connections", dropped)

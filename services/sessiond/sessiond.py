@@ -1,11 +1,12 @@
 """sessiond: tracks sessions, charges time per tick, cuts what may no longer run (issue #4).
 
 Every `sessions.tick` seconds, in one ledger transaction: each adapter's view of live
-sessions is written to the session rows of its kind (proxy: haproxy; vpn, in VPN mode:
-lthn-vpnd's snapshot of OpenVPN's clients, issue #18), then every active authid is
-charged (`charging.charge_tick`). After the commit, authids that ran dry are cut at once;
-so are authids deactivated by anyone else (`authid.deactivated` on the bus), and live
-authids the ledger no longer calls active (a missed message, a restart).
+sessions is written to the session rows of its kind (proxy: haproxy's stick tables; vpn,
+in VPN mode: lthn-vpnd's snapshot of OpenVPN's clients, issue #18), then the authids due
+a look are charged (`charging.charge_tick`, `schedule.py`; #16). After the commit,
+authids that ran dry are cut at once; so are authids deactivated by anyone else
+(`authid.deactivated` on the bus), and live authids the ledger no longer calls active (a
+missed message, a restart).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lthn.messages import AuthidDeactivated, ControlResync, SessionCut
 from lthn.requests import AuthidChanged, KillSession, Revoke, SessionKilled, Spend
 from services.sessiond import charging
 from services.sessiond.proxy_sessions import HaproxyTrouble, ProxyAdapter
+from services.sessiond.schedule import Schedule
 from services.sessiond.session_book import Observed, SessionBook
 from services.sessiond.vpn_sessions import VpnAdapter, VpnTrouble
 
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # haproxy unreachable this long: its sessions are closed rather than charged on (#4)
 OUTAGE_CLOSE_AFTER = 10.0
-PRUNE_EVERY = 30.0
 
 
 class Sessiond(Daemon):
@@ -52,8 +53,7 @@ class Sessiond(Daemon):
         self.adapter: ProxyAdapter | None = None
         if self.tracking:
             self.adapter = adapter or ProxyAdapter(
-                HaproxyAdmin(contract.admin_socket_path(config), timeout=1.0),
-                contract.session_log_port(config))
+                HaproxyAdmin(contract.admin_socket_path(config), timeout=1.0))
         self.book = SessionBook("proxy", ledger.open_sessions("proxy"))
         # VPN clients (issue #18): their own adapter and book, charged in the same tick
         self.vpn: VpnAdapter | None = None
@@ -62,16 +62,12 @@ class Sessiond(Daemon):
         self.vpn_book = SessionBook("vpn", ledger.open_sessions("vpn"))
         self.vpn_last_ok = clock()
         self.vpn_trouble = ""
-        # which client connection carries which authid, kept across a restart so streams
-        # opened before it can still be cut
-        self.clients_path = config.state / "run" / "sessiond-clients.json"
-        if self.adapter is not None:
-            self.adapter.clients.load(self.clients_path)
-        self.hints = charging.Hints()
+        # what a run before #14 kept of the request log: haproxy itself says it now
+        (config.state / "run" / "sessiond-clients.json").unlink(missing_ok=True)
+        self.schedule = Schedule()
+        self.rebuilt = False
         self.last_poll_ok = clock()
         self.trouble = ""              # the last haproxy problem logged (logged once)
-        self.log_trouble = False       # the request-log port could not be bound (logged)
-        self.stuck: set[str] = set()   # authids cut but still live (logged once)
         self.control.answer(KillSession, self.on_kill)
         # money out and refusals by hand (issue #19): sessiond owns spending and cutting
         self.control.answer(Spend, lambda req, asked: by_hand.spend(ledger, config, req, asked))
@@ -79,8 +75,7 @@ class Sessiond(Daemon):
 
     def start(self) -> None:
         if self.adapter is not None:
-            self.listen()
-            self.timers.every(PRUNE_EVERY, self.adapter.prune, first=PRUNE_EVERY)
+            log.info("sessiond: tracking proxy sessions in haproxy's stick tables")
         else:
             log.info("sessiond: session tracking is off; charging wallclock time")
             if self.book.open or self.vpn_book.open:
@@ -95,38 +90,21 @@ class Sessiond(Daemon):
                 self.vpn_book.apply(tx, {}, gone_reason="vpn mode off")
         self.timers.every(self.config.sessions.tick, self.tick)
 
-    def listen(self) -> None:
-        """Open the request-log socket; if the port is taken, say so and retry each tick
-        (charging goes on; cutting needs the log)."""
-        assert self.adapter is not None
-        if self.adapter.request_log is not None:
-            return
-        try:
-            listener = self.adapter.open_log()
-        except OSError as exc:
-            if not self.log_trouble:
-                log.error("sessiond: cannot listen for haproxy's request log on "
-                          "127.0.0.1:%d (%s): sessions cannot be cut until it can; check "
-                          "proxy.log_port", self.adapter.log_port, exc.strerror or exc)
-                self.log_trouble = True
-            return
-        self.log_trouble = False
-        # by file descriptor: zmq.Poller reports plain sockets by fd
-        self.watch(listener.fileno(), self.adapter.read_log)
-        log.info("sessiond: tracking proxy sessions (request log on 127.0.0.1:%d)",
-                 self.adapter.log_port)
-
-    def stop(self) -> None:
-        if self.adapter is not None:
-            self.adapter.close()
-
     # --- the tick ---
+    def changed(self) -> set[str] | None:
+        """What the proxy adapter's last poll changed, or None (every observation) after
+        the book was rebuilt from the ledger."""
+        if self.rebuilt or self.adapter is None:
+            self.rebuilt = False
+            return None
+        return self.adapter.changed
+
     def observe(self) -> dict[str, Observed] | None:
         """The adapter's live sessions, or None when haproxy cannot tell us now."""
         if self.adapter is None:
             return None
         try:
-            live = self.adapter.poll()
+            live = self.adapter.poll(set(self.book.open))
         except HaproxyTrouble as exc:
             if str(exc) != self.trouble:
                 log.warning("haproxy: %s; retrying every tick", exc)
@@ -156,16 +134,16 @@ class Sessiond(Daemon):
         return live
 
     def tick(self) -> None:
-        began = time.monotonic()
-        if self.adapter is not None and self.adapter.request_log is None:
-            self.listen()
+        began, cpu = time.monotonic(), time.process_time()
         live = self.observe()
         vpn_live = self.observe_vpn()
+        observed = time.monotonic()
         try:
             with self.ledger.transaction() as tx:
+                before = self.book.authids | self.vpn_book.authids
                 closed: set[str] = set()
                 if live is not None:
-                    closed = self.book.apply(tx, live)
+                    closed = self.book.apply(tx, live, changed=self.changed())
                 elif self.adapter is not None and self.book.open and \
                         self.clock() - self.last_poll_ok > OUTAGE_CLOSE_AFTER:
                     closed = self.book.apply(tx, {}, gone_reason="haproxy unavailable")
@@ -174,25 +152,27 @@ class Sessiond(Daemon):
                 elif self.vpn is not None and self.vpn_book.open and \
                         self.clock() - self.vpn_last_ok > OUTAGE_CLOSE_AFTER:
                     closed |= self.vpn_book.apply(tx, {}, gone_reason="vpn unavailable")
-                result = charging.charge_tick(
-                    tx, self.config, self.book.authids | self.vpn_book.authids | closed,
-                    self.hints)
+                after = self.book.authids | self.vpn_book.authids
+                result = charging.charge_tick(tx, self.config, self.schedule, after | closed,
+                                              (after - before) | closed)
         except Exception:
             # rolled back: memory must not run ahead of the ledger (ids of rows never
             # written), so start again from what the ledger holds; retried next tick
             self.book = SessionBook("proxy", self.ledger.open_sessions("proxy"))
             self.vpn_book = SessionBook("vpn", self.ledger.open_sessions("vpn"))
-            self.hints = charging.Hints()
+            self.schedule.reset()
+            self.rebuilt = True      # the next apply looks at every observation
             raise
-        if self.adapter is not None:
-            self.adapter.clients.save(self.clients_path)
-        log.debug("tick: %d authids charged, %d deactivated, %.1f ms", len(result.charged),
-                  len(result.deactivated), (time.monotonic() - began) * 1000)
+        done = time.monotonic()
+        log.debug("tick: %d live, %d looked at, %d charged, %d deactivated; %.1f ms "
+                  "(haproxy %.1f, ledger %.1f; cpu %.1f)", len(after), result.looked,
+                  len(result.charged), len(result.deactivated), (done - began) * 1000,
+                  (observed - began) * 1000, (done - observed) * 1000,
+                  (time.process_time() - cpu) * 1000)
         for authid in result.deactivated:
             log.info("authid %s: deactivated, credit exhausted", short(authid))
         cuts = dict.fromkeys(result.deactivated, "credit exhausted")
-        for authid in (self.book.authids | self.vpn_book.authids) - result.active \
-                - set(result.deactivated):
+        for authid in (result.not_active & after) - set(result.deactivated):
             cuts[authid] = "not active"   # deactivated while we were not listening
         if cuts:
             self.cut(cuts)
@@ -247,8 +227,10 @@ class Sessiond(Daemon):
                              connections=counts.get(row.authid, 0))
 
     def refresh(self) -> str:
-        """Reconcile now: sessions from haproxy, charges, cuts (charging works from the
-        ledger's times, so an extra tick charges nothing twice)."""
+        """Reconcile now: sessions from haproxy, every active authid looked at and charged
+        up to now, cuts (charging works from the ledger's times, so an extra tick charges
+        nothing twice)."""
+        self.schedule.reset()
         self.tick()
         return (f"sessiond: reconciled, {len(self.book.open) + len(self.vpn_book.open)} "
                 "open sessions")
@@ -259,7 +241,7 @@ class Sessiond(Daemon):
         if isinstance(msg, AuthidDeactivated):
             self.cut({msg.authid: msg.reason})
         elif isinstance(msg, ControlResync):
-            self.hints = charging.Hints()   # re-read every authid's sessions next tick
+            self.schedule.reset()   # plan every active authid from the ledger next tick
 
     def cut(self, reasons: dict[str, str], actor: str = charging.ACTOR) -> dict[str, int]:
         """Cut the live sessions of each authid (never with tracking off); returns how
@@ -302,14 +284,6 @@ class Sessiond(Daemon):
                                        connections=count, reason=reasons[authid]))
         for authid, count in done.items():
             self.book.mark_cut(authid, reasons[authid])
-            self.stuck.discard(authid)
             log.info("authid %s: cut %d connections, %s", short(authid), count,
                      reasons[authid])
-        for authid in reasons:
-            if authid not in done and authid in self.book.authids and \
-                    authid not in self.stuck and not self.adapter.clients.clients_of(authid):
-                # e.g. streams opened before a sessiond restart: the request log is gone
-                self.stuck.add(authid)
-                log.warning("authid %s: live but no known client connection to cut (%s)",
-                            short(authid), reasons[authid])
         return counts

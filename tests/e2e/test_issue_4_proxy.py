@@ -14,6 +14,7 @@ import pytest
 
 from lthn.haproxy.contract import authid_map_path
 from lthn.haproxy.runtime import HaproxyAdmin
+from lthn.ledger import Ledger
 from tests.fixtures.common import wait_for
 from tests.fixtures.regtest import new_authid
 
@@ -136,12 +137,30 @@ def test_issue_4_status_refusals(pn, paid):
 
 
 def test_issue_4_map_converges_to_the_ledger(pn, paid):
-    """Missed bus messages: an entry removed or added behind authd's back is corrected."""
+    """Missed bus messages: ledger changes no message announced reach haproxy's map at
+    authd's next look at the ledger's changes (every 3 s). An entry removed or added
+    behind authd's back (a hand edit of haproxy's map, no ledger change) is corrected by
+    the full resync, which authd runs rarely by itself (#16) and at once on SIGHUP."""
+    quiet = new_authid("1A")
+    ledger = Ledger.open(pn.config.ledger_path)
+    try:
+        with ledger.transaction() as tx:       # straight into the ledger: no bus message
+            tx.ensure_authid(quiet, "1A")
+            tx.activate(quiet)
+        wait_for(lambda: pn.admitted(quiet), timeout=8, what="a quiet activation admitted")
+        with ledger.transaction() as tx:
+            tx.deactivate(quiet)
+        wait_for(lambda: not pn.admitted(quiet), timeout=8,
+                 what="a quiet deactivation refused")
+    finally:
+        ledger.close()
     admin = HaproxyAdmin(pn.config.haproxy_admin_socket)
     mapfile = authid_map_path(pn.config)
     intruder = new_authid("1A")
     admin.command(f"del map {mapfile} {paid}")
     admin.command(f"add map {mapfile} {intruder} 1A")
+    result = pn.node.ctl("signal", "HUP", "authd:*")
+    assert result.returncode == 0, result.stdout + result.stderr
     wait_for(lambda: pn.admitted(paid) and not pn.admitted(intruder), timeout=8,
              what="authd's resync restoring the paid authid and removing the unpaid one")
 

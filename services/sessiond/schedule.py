@@ -1,0 +1,83 @@
+"""When sessiond next looks at each active authid (#16): memory that only says *when*.
+
+A tick does not read every active authid. An authid is looked at (its ledger row read,
+its time charged, its next look planned, `charging.next_look`) at one of three levels:
+- URGENT, every one due in the tick: its balance is about to run out (so it is
+  deactivated in the same tick as when every tick charged every authid), or the ledger
+  changed a live one (a revocation);
+- SOON, at most `per_tick[SOON]` a tick: its session opened or closed, or the ledger
+  changed one whose time runs without a session (wallclock billing);
+- REGULAR, at most `per_tick[REGULAR]` a tick: the minute of use it is charging ended,
+  or its idle grace, or its wait for a first session (`Tx.authids_waiting_to_spend`).
+A look that comes a few ticks late (thousands of clients reconnecting at once) charges
+the same: charging covers the time from the ledger's `last_used` to now. Losing this
+memory (a restart, `control.resync`) loses nothing: it is planned from the ledger again.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+URGENT, SOON, REGULAR = 0, 1, 2
+LEVELS = (URGENT, SOON, REGULAR)
+
+
+class Schedule:
+    def __init__(self, per_tick: tuple[int | None, int | None, int | None] = (None, 300, 200)
+                 ) -> None:
+        self.per_tick = per_tick
+        self.seq: int | None = None          # ledger changes read up to; None: not started
+        self.due: dict[str, tuple[int, int]] = {}          # authid -> (ms, level)
+        self.heaps: list[list[tuple[int, str]]] = [[] for _ in LEVELS]
+        self.inactive: set[str] = set()      # live authids the ledger calls not active
+
+    @property
+    def started(self) -> bool:
+        return self.seq is not None
+
+    def reset(self) -> None:
+        """Forget everything; the next tick plans every active authid from the ledger."""
+        self.seq = None
+        self.due.clear()
+        self.heaps = [[] for _ in LEVELS]
+        self.inactive.clear()
+
+    def put(self, authid: str, at: int | None, level: int = REGULAR) -> None:
+        """The authid's next look is `at` (ms), or never (None) until something happens."""
+        if at is None:
+            self.due.pop(authid, None)
+            return
+        self.due[authid] = (at, level)
+        heapq.heappush(self.heaps[level], (at, authid))
+        self._compact(level)
+
+    def soon(self, authid: str, at: int, level: int = URGENT) -> None:
+        """Look at the authid no later than `at`, at `level` or a more urgent one it has."""
+        current = self.due.get(authid)
+        if current is not None and current[0] <= at and current[1] <= level:
+            return
+        if current is not None:
+            at, level = min(current[0], at), min(current[1], level)
+        self.put(authid, at, level)
+
+    def pop_due(self, now: int) -> list[str]:
+        """The authids to look at now, most urgent level first, each level oldest first
+        and at most its `per_tick`. Each leaves the schedule until put again."""
+        out: list[str] = []
+        for level in LEVELS:
+            heap, limit, taken = self.heaps[level], self.per_tick[level], 0
+            while heap and heap[0][0] <= now and (limit is None or taken < limit):
+                at, authid = heapq.heappop(heap)
+                if self.due.get(authid) == (at, level):   # else a stale entry: replaced
+                    del self.due[authid]
+                    out.append(authid)
+                    taken += 1
+        return out
+
+    def _compact(self, level: int) -> None:
+        if len(self.heaps[level]) > 2 * len(self.due) + 1024:
+            self.heaps[level] = [(at, a) for a, (at, lv) in self.due.items() if lv == level]
+            heapq.heapify(self.heaps[level])
+
+    def __len__(self) -> int:
+        return len(self.due)

@@ -1,0 +1,53 @@
+"""sessiond's Schedule: when each authid is next looked at (#16); memory only."""
+
+from __future__ import annotations
+
+from services.sessiond.schedule import REGULAR, SOON, URGENT, Schedule
+
+
+def test_urgent_looks_all_come_then_each_level_at_most_so_many_oldest_first():
+    schedule = Schedule(per_tick=(None, 1, 2))
+    for i, at in enumerate((30, 10, 20, 40)):
+        schedule.put(f"R{i}", at)
+    schedule.put("S0", 5, SOON)
+    schedule.put("S1", 6, SOON)
+    schedule.put("U0", 25, URGENT)
+    schedule.put("U1", 26, URGENT)
+    schedule.put("U2", 50, URGENT)
+    assert schedule.pop_due(35) == ["U0", "U1", "S0", "R1", "R2"]
+    assert schedule.pop_due(35) == ["S1", "R0"]        # the rest waited a tick
+    assert schedule.pop_due(60) == ["U2", "R3"]
+    assert len(schedule) == 0 and schedule.pop_due(1000) == []
+
+
+def test_put_replaces_never_forgets_and_soon_only_brings_forward():
+    schedule = Schedule()
+    schedule.put("A", 100)
+    schedule.put("A", 50)                              # replaced: one look, at 50
+    schedule.soon("A", 70, SOON)                       # earlier, and now at SOON
+    assert schedule.due["A"] == (50, SOON)
+    schedule.soon("A", 80, REGULAR)                    # later and less urgent: no change
+    assert schedule.due["A"] == (50, SOON)
+    schedule.soon("A", 90)                             # URGENT by default
+    assert schedule.due["A"] == (50, URGENT)
+    schedule.put("B", 10)
+    schedule.put("B", None)                            # never, until something happens
+    assert schedule.pop_due(60) == ["A"] and schedule.pop_due(1000) == []
+
+
+def test_replaced_entries_are_compacted_away():
+    schedule = Schedule()
+    for at in range(5000):
+        schedule.put("A", at)
+    assert sum(len(h) for h in schedule.heaps) < 2000
+    assert schedule.pop_due(10_000) == ["A"]
+
+
+def test_reset_forgets_everything_and_asks_for_a_start():
+    schedule = Schedule(per_tick=(None, 3, 7))
+    schedule.seq = 12
+    schedule.put("A", 1)
+    schedule.inactive.add("B")
+    schedule.reset()
+    assert not schedule.started and len(schedule) == 0 and not schedule.inactive
+    assert schedule.per_tick == (None, 3, 7) and schedule.pop_due(10) == []
