@@ -535,18 +535,10 @@ class Ledger:
     def list_authids(self, state: str | None = None, service_id: str | None = None,
                      limit: int = 1000) -> list[AuthidRow]:
         """Authids, most recently changed first, optionally of one state and service."""
-        where, args = [], []
-        if state:
-            where.append("state = ?")
-            args.append(state)
-        if service_id:
-            where.append("service_id = ?")
-            args.append(service_id)
-        sql = f"SELECT {_AUTHID_COLS} FROM authids"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, args = _filters({"state = ?": state, "service_id = ?": service_id})
         return [AuthidRow(*r) for r in self.conn.execute(
-            sql + " ORDER BY modified DESC, authid LIMIT ?", (*args, limit))]
+            f"SELECT {_AUTHID_COLS} FROM authids{where} ORDER BY modified DESC, authid "
+            "LIMIT ?", (*args, limit))]
 
     def count_open_sessions(self) -> dict[tuple[str, str], int]:
         """Open sessions per (service id, kind)."""
@@ -562,20 +554,11 @@ class Ledger:
     def list_sessions(self, open_only: bool = True, authid: str | None = None,
                       kind: str | None = None, limit: int = 1000) -> list[SessionRow]:
         """Sessions, newest first: open ones only, or every one (closed included)."""
-        where, args = [], []
-        if open_only:
-            where.append("state = 'OPEN'")
-        if authid:
-            where.append("authid = ?")
-            args.append(authid)
-        if kind:
-            where.append("kind = ?")
-            args.append(kind)
-        sql = f"SELECT {_SESSION_COLS} FROM sessions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, args = _filters({"state = ?": "OPEN" if open_only else None,
+                                "authid = ?": authid, "kind = ?": kind})
         return [SessionRow(*r) for r in self.conn.execute(
-            sql + " ORDER BY id DESC LIMIT ?", (*args, limit))]
+            f"SELECT {_SESSION_COLS} FROM sessions{where} ORDER BY id DESC LIMIT ?",
+            (*args, limit))]
 
     def payment_totals(self) -> dict[str, tuple[int, int]]:
         """(count, amount) of payments in each state (pool, mined, revoked, ...)."""
@@ -654,6 +637,13 @@ class Ledger:
 # rows to try: never tried, or stuck under another catalogue than this program's; written
 # as two ranges, not `<>`, so the (stuck_by, id) index answers it
 _TAKEABLE = "(stuck_by IS NULL OR stuck_by < ? OR stuck_by > ?)"
+
+
+def _filters(conditions: dict[str, Any]) -> tuple[str, list[Any]]:
+    """` WHERE a = ? AND b = ?` for the conditions whose value is given, and the values."""
+    given = {sql: value for sql, value in conditions.items() if value}
+    where = " WHERE " + " AND ".join(given) if given else ""
+    return where, list(given.values())
 
 
 def _payment(row: tuple) -> PaymentRow:

@@ -174,24 +174,19 @@ class NodeCollector(Collector):
 def add_daemon_series(families: dict[str, Metric], process: str,
                       snapshot: dict[str, Any]) -> None:
     """One process's `daemon.metrics` snapshot into Prometheus families (lthn_<name>)."""
-    for name, series in sorted(snapshot.get("counters", {}).items()):
-        base = "lthn_" + name.removesuffix("_total")
-        for key, value in sorted(series.items()):
-            labels = {"process": process} | parse_label_text(key)
-            family = families.get(base)
-            if family is None:
-                family = families[base] = CounterMetricFamily(
-                    base, f"{name} counted by each daemon process", labels=sorted(labels))
-            family.add_metric([labels[k] for k in sorted(labels)], value)
-    for name, series in sorted(snapshot.get("gauges", {}).items()):
-        base = "lthn_" + name
-        for key, value in sorted(series.items()):
-            labels = {"process": process} | parse_label_text(key)
-            family = families.get(base)
-            if family is None:
-                family = families[base] = GaugeMetricFamily(
-                    base, f"{name} as each daemon process sees it", labels=sorted(labels))
-            family.add_metric([labels[k] for k in sorted(labels)], value)
+    # counters and gauges differ only in their family class, name and help text
+    simple = (("counters", CounterMetricFamily, "counted by each daemon process"),
+              ("gauges", GaugeMetricFamily, "as each daemon process sees it"))
+    for kind, family_class, doc in simple:
+        for name, series in sorted(snapshot.get(kind, {}).items()):
+            base = "lthn_" + (name.removesuffix("_total") if kind == "counters" else name)
+            for key, value in sorted(series.items()):
+                labels = {"process": process} | parse_label_text(key)
+                family = families.get(base)
+                if family is None:
+                    family = families[base] = family_class(
+                        base, f"{name} {doc}", labels=sorted(labels))
+                family.add_metric([labels[k] for k in sorted(labels)], value)
     for name, series in sorted(snapshot.get("histograms", {}).items()):
         base = "lthn_" + name
         for key, h in sorted(series.items()):
