@@ -130,7 +130,9 @@ def test_issue_14_supervisord_killed_during_payments(run_node, regtest, origin, 
 def leftover_paymentd(node: Node, tmp_path: Path) -> subprocess.Popen:
     """A paymentd as a dead supervisord leaves one that did not die with it (its parent
     here is this test, so its die-with-parent request does not fire), stopped (SIGSTOP)
-    as if hung: the environment supervisord gives, the node's config."""
+    as if hung: the environment supervisord gives, the node's config, and this test's pid
+    in supervisord's pid file (the paymentd checks its parent is that supervisord)."""
+    (node.state / "run" / "supervisord.pid").write_text(f"{os.getpid()}\n")
     env = dict(os.environ, SUPERVISOR_ENABLED="1", SUPERVISOR_PROCESS_NAME="paymentd",
                SUPERVISOR_GROUP_NAME="paymentd", LTHN_STATE_DIR=str(node.state),
                LTHN_CONFIG=str(node.config_path))
