@@ -27,9 +27,29 @@ STATE_VARIABLE = "LTHN_STATE_DIR"
 
 def die_with_supervisord() -> None:
     """SIGTERM (each program's clean stop) when the supervisord that started this process
-    dies; nothing when run by hand (a shell that exits must not take a program along)."""
-    if os.environ.get("SUPERVISOR_ENABLED"):
-        die_with_parent(signal.SIGTERM)
+    dies; nothing when run by hand (a shell that exits must not take a program along).
+
+    A supervisord that died before this ran (a program's imports take a second or more on
+    a loaded machine, and supervisord calls it RUNNING after one) sends nothing: this
+    process already has another parent. So after asking, the parent is compared with the
+    pid supervisord wrote before it started anything; another parent ends this process
+    at once (SystemExit 0: nothing was started yet)."""
+    if not os.environ.get("SUPERVISOR_ENABLED"):
+        return
+    die_with_parent(signal.SIGTERM)
+    started_by = supervisord_pid(os.environ.get(STATE_VARIABLE, ""))
+    if started_by and os.getppid() != started_by:
+        raise SystemExit(0)
+
+
+def supervisord_pid(state_dir: str) -> int | None:
+    """The pid in STATE_DIR/run/supervisord.pid (supervisord.conf's pidfile), if any."""
+    if not state_dir:
+        return None
+    try:
+        return int((Path(state_dir) / "run" / "supervisord.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -43,7 +63,8 @@ SUPERVISORD_COMMANDS = ("supervisord", "lthn.node.supervisord_main")
 
 
 def _read(pid: int) -> tuple[dict[str, str], list[str]] | None:
-    """A live process's environment (as it was at its exec) and arguments."""
+    """A live process's environment (as it was at its exec) and arguments; None when it
+    is gone, a zombie, or not ours to read."""
     try:
         raw_env = Path(f"/proc/{pid}/environ").read_bytes()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -84,6 +105,34 @@ def node_processes(state: Path) -> tuple[list[NodeProcess], list[NodeProcess]]:
             # (supervisorctl -c .../supervisord.conf, run by `lthn-node ctl`, is not one)
             supervisors.append(NodeProcess(int(entry), "supervisord", command))
     return supervisors, programs
+
+
+def left_by(parent_marks: tuple[str, ...], argv: list[str]) -> list[NodeProcess]:
+    """Live processes whose command line is exactly `argv` and whose parent's command line
+    has none of `parent_marks`: a squid of this state dir's config left by an lthn-squid
+    that was killed (SIGKILL) alone, now a child of init, not one a live lthn-squid runs."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        if _command_line(entry) != argv or not _alive(int(entry)):
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parent = fh.read().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            continue
+        if not any(mark in " ".join(_command_line(parent) or []) for mark in parent_marks):
+            found.append(NodeProcess(int(entry), os.path.basename(argv[0]), " ".join(argv)))
+    return found
+
+
+def _command_line(pid: str) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    return raw.split("\0")[:-1]
 
 
 def _alive(pid: int) -> bool:

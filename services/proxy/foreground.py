@@ -5,6 +5,7 @@ program, then become that program so supervisord's signals and exit status are i
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import select
 import shutil
@@ -19,7 +20,10 @@ from pathlib import Path
 from lthn.cli_args import parse_with_config
 from lthn.config import Config
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from lthn.node import orphans
 from lthn.node.orphans import die_with_supervisord
+
+log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CHILD_STOP_SECONDS = 10.0   # after a stop signal, the child gets this long, then SIGKILL
@@ -80,16 +84,19 @@ class ForegroundProgram:
         argv = self.command(path)
         sys.stdout.flush()
         if self.as_child:
-            return run_as_child(argv)
+            # a live parent of such a child: lthn-squid, or its module run by a bench
+            return run_as_child(argv, (f"lthn-{self.name}", f"run_{self.name}"))
         os.execvp(argv[0], argv)
         return EXIT_FAILED  # not reached: exec replaced this process
 
 
-def run_as_child(argv: list[str]) -> int:
+def run_as_child(argv: list[str], owner_marks: tuple[str, ...]) -> int:
     """Run the program as this process's child, passing SIGTERM, SIGINT and SIGHUP on, and
     end with it. For squid: started as root it changes to its own user, and that clears
     the request to die with supervisord, so this process keeps it instead (#14). On a stop
-    signal the child has CHILD_STOP_SECONDS, then gets SIGKILL (supervisord may be gone)."""
+    signal the child has CHILD_STOP_SECONDS, then gets SIGKILL (supervisord may be gone).
+    A child of the same command line that an earlier start left (its parent was killed,
+    SIGKILL, and it is not a child of a live program of `owner_marks`) is stopped first."""
     # signals are numbers written to a pipe (set_wakeup_fd); one select waits for them
     # and for the child's end (a pidfd): nothing polls while the program runs
     wake_read, wake_write = os.pipe()
@@ -98,6 +105,13 @@ def run_as_child(argv: list[str]) -> int:
     signal.set_wakeup_fd(wake_write)
     for signum in (*STOP_SIGNALS, signal.SIGHUP):
         signal.signal(signum, lambda _n, _f: None)  # caught, so it reaches the pipe
+    # an lthn-squid killed alone (SIGKILL) left its squid running, on the port this one
+    # needs: stop it first (its command line names this state dir's config)
+    left = orphans.left_by(owner_marks, argv)
+    if left:
+        log.warning("%s: stopping %s left running by an earlier start (pid %s)", argv[0],
+                    argv[0], ", ".join(str(p.pid) for p in left))
+        orphans.stop(left, timeout=5.0)
     # the same process group: supervisord's stopasgroup/killasgroup reach the child too
     child = subprocess.Popen(argv)
     child_end = os.pidfd_open(child.pid)
