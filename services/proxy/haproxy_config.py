@@ -94,8 +94,8 @@ def _destination_rules(config: Config, own: list[str] | None) -> list[str]:
 
 def _threads(cpus: int) -> list[str]:
     """One haproxy thread on a machine of two CPUs or fewer, else haproxy's default (a
-    thread per CPU). Measured on two CPUs (bench/bench_proxy.py, #16): one thread spends
-    ~20% less CPU per GET and served ~10% more GETs/s, squid having the other CPU."""
+    thread per CPU). Measured on two CPUs (bench/bench_proxy.py, #16): one thread spent
+    12-22% less CPU per GET in every run, leaving the other CPU to squid."""
     if cpus > 2:
         return []
     return ["    # two CPUs or fewer: one thread, squid has the other (#16, bench_proxy.py)",
