@@ -251,20 +251,27 @@ def run(rig: NodeRig, routes: list[Route], plan: Plan) -> None:
     mbs = [statistics.median(v) for v in speeds]
     print()
     print(f"The node ({plan.authids:,} authids active, every program running) against the "
-          f"bare chain; goal >= {GOAL}:")
-    print(f"{'':32} {'node':>9} {'bare':>9} {'node/bare':>10}   by third of the run")
-    third_ratios = " ".join(f"{t[0] / t[1]:.2f}" for t in thirds)
-    print(f"{'small GETs, req/s':32} {rate[0]:9.0f} {rate[1]:9.0f} {rate[0] / rate[1]:10.2f}"
-          f"   {third_ratios}")
-    print(f"{'download, MB/s (median)':32} {mbs[0]:9.1f} {mbs[1]:9.1f} {mbs[0] / mbs[1]:10.2f}"
-          f"   runs node {fmt(speeds[0])}, bare {fmt(speeds[1])}")
-    print(f"{'latency p99, ms (bare/node)':32} {p99[0] * 1e3:9.3f} {p99[1] * 1e3:9.3f} "
-          f"{p99[1] / p99[0]:10.2f}")
-    print(f"{'latency p50, ms (bare/node)':32} {p50[0] * 1e3:9.3f} {p50[1] * 1e3:9.3f} "
-          f"{p50[1] / p50[0]:10.2f}")
+          f"bare chain; goal >= {GOAL}.")
+    print("The node's haproxy runs one thread on this machine if it has 2 CPUs or fewer "
+          "(haproxy_config._threads): 'bare' is haproxy's default, 'bare 1t' one thread.")
+    t = next(i for i, r in enumerate(routes) if r.name == "bare, nbthread 1")
+    print(f"{'':30} {'node':>8} {'bare':>8} {'node/bare':>9} {'bare 1t':>8} "
+          f"{'node/1t':>8}   node/bare by third")
+    third_ratios = " ".join(f"{th[0] / th[1]:.2f}" for th in thirds)
+    rows = [("small GETs, req/s", rate, lambda a, b: a / b, "9.0f", third_ratios),
+            ("download, MB/s (median)", mbs, lambda a, b: a / b, "9.1f", ""),
+            ("latency p99, ms (ratio b/n)", [v * 1e3 for v in p99], lambda a, b: b / a,
+             "9.3f", ""),
+            ("latency p50, ms (ratio b/n)", [v * 1e3 for v in p50], lambda a, b: b / a,
+             "9.3f", "")]
+    for label, values, ratio, form, extra in rows:
+        print(f"{label:30}{values[0]:{form}}{values[1]:{form}} "
+              f"{ratio(values[0], values[1]):9.2f}{values[t]:{form}} "
+              f"{ratio(values[0], values[t]):8.2f}   {extra}")
     for kind in ("full", "resumed"):
         a, b = hs[("node", kind)], hs[("bare", kind)]
-        print(f"{f'new TLS connections/s, {kind}':32} {a:9.0f} {b:9.0f} {a / b:10.2f}")
+        print(f"{f'new TLS conns/s, {kind}':30}{a:9.0f}{b:9.0f} {a / b:9.2f}")
+    print(f"  downloads, MB/s: node {fmt(speeds[0])}; bare {fmt(speeds[1])}")
     print()
     s = routes.index(squid)
     print("Every route against squid alone (ratios: rate, MB/s, squid p99 / p99):")

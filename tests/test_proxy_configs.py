@@ -206,3 +206,12 @@ def test_lthn_squid_idles_when_another_proxy_is_the_backend(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_haproxy_runs_one_thread_on_two_cpus_or_fewer(tmp_path, monkeypatch):
+    """The variant bench_proxy.py found faster on a 2-CPU machine (#16); more CPUs keep
+    haproxy's default of a thread per CPU."""
+    cfg, _ = config(tmp_path)
+    for cpus, expected in ((1, True), (2, True), (4, False)):
+        monkeypatch.setattr(haproxy_config.os, "cpu_count", lambda n=cpus: n)
+        assert ("    nbthread 1\n" in haproxy_config.render(cfg, OWN)) is expected

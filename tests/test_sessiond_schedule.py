@@ -5,8 +5,8 @@ from __future__ import annotations
 from services.sessiond.schedule import REGULAR, SOON, URGENT, Schedule
 
 
-def test_urgent_looks_all_come_then_each_level_at_most_so_many_oldest_first():
-    schedule = Schedule(per_tick=(None, 1, 2))
+def test_urgent_looks_all_come_then_the_others_at_most_so_many_soon_first():
+    schedule = Schedule(per_tick=3)
     for i, at in enumerate((30, 10, 20, 40)):
         schedule.put(f"R{i}", at)
     schedule.put("S0", 5, SOON)
@@ -14,8 +14,8 @@ def test_urgent_looks_all_come_then_each_level_at_most_so_many_oldest_first():
     schedule.put("U0", 25, URGENT)
     schedule.put("U1", 26, URGENT)
     schedule.put("U2", 50, URGENT)
-    assert schedule.pop_due(35) == ["U0", "U1", "S0", "R1", "R2"]
-    assert schedule.pop_due(35) == ["S1", "R0"]        # the rest waited a tick
+    assert schedule.pop_due(35) == ["U0", "U1", "S0", "S1", "R1"]
+    assert schedule.pop_due(35) == ["R2", "R0"]        # the rest waited a tick
     assert schedule.pop_due(60) == ["U2", "R3"]
     assert len(schedule) == 0 and schedule.pop_due(1000) == []
 
@@ -44,10 +44,10 @@ def test_replaced_entries_are_compacted_away():
 
 
 def test_reset_forgets_everything_and_asks_for_a_start():
-    schedule = Schedule(per_tick=(None, 3, 7))
+    schedule = Schedule(per_tick=7)
     schedule.seq = 12
     schedule.put("A", 1)
     schedule.inactive.add("B")
     schedule.reset()
     assert not schedule.started and len(schedule) == 0 and not schedule.inactive
-    assert schedule.per_tick == (None, 3, 7) and schedule.pop_due(10) == []
+    assert schedule.per_tick == 7 and schedule.pop_due(10) == []

@@ -5,10 +5,13 @@ its time charged, its next look planned, `charging.next_look`) at one of three l
 - URGENT, every one due in the tick: its balance is about to run out (so it is
   deactivated in the same tick as when every tick charged every authid), or the ledger
   changed a live one (a revocation);
-- SOON, at most `per_tick[SOON]` a tick: its session opened or closed, or the ledger
-  changed one whose time runs without a session (wallclock billing);
-- REGULAR, at most `per_tick[REGULAR]` a tick: the minute of use it is charging ended,
-  or its idle grace, or its wait for a first session (`Tx.authids_waiting_to_spend`).
+- SOON: its session opened or closed, or the ledger changed one whose time runs without
+  a session (wallclock billing);
+- REGULAR: the minute of use it is charging ended, or its idle grace, or its wait for a
+  first session (`Tx.authids_waiting_to_spend`).
+SOON and REGULAR share `per_tick` looks a tick, SOON first. With 10,000 live sessions
+each is due once a minute (~170 looks a second), so a tick stays bounded when thousands
+of sessions open at once.
 A look that comes a few ticks late (thousands of clients reconnecting at once) charges
 the same: charging covers the time from the ledger's `last_used` to now. Losing this
 memory (a restart, `control.resync`) loses nothing: it is planned from the ledger again.
@@ -23,8 +26,7 @@ LEVELS = (URGENT, SOON, REGULAR)
 
 
 class Schedule:
-    def __init__(self, per_tick: tuple[int | None, int | None, int | None] = (None, 300, 200)
-                 ) -> None:
+    def __init__(self, per_tick: int = 250) -> None:
         self.per_tick = per_tick
         self.seq: int | None = None          # ledger changes read up to; None: not started
         self.due: dict[str, tuple[int, int]] = {}          # authid -> (ms, level)
@@ -61,17 +63,24 @@ class Schedule:
         self.put(authid, at, level)
 
     def pop_due(self, now: int) -> list[str]:
-        """The authids to look at now, most urgent level first, each level oldest first
-        and at most its `per_tick`. Each leaves the schedule until put again."""
-        out: list[str] = []
-        for level in LEVELS:
-            heap, limit, taken = self.heaps[level], self.per_tick[level], 0
-            while heap and heap[0][0] <= now and (limit is None or taken < limit):
-                at, authid = heapq.heappop(heap)
-                if self.due.get(authid) == (at, level):   # else a stale entry: replaced
-                    del self.due[authid]
-                    out.append(authid)
-                    taken += 1
+        """The authids to look at now: every urgent one due, then SOON and REGULAR ones
+        due, oldest first, `per_tick` of them at most. Each leaves the schedule until put
+        again."""
+        out = self._pop(URGENT, now, None)
+        budget = self.per_tick
+        for level in (SOON, REGULAR):
+            taken = self._pop(level, now, budget)
+            budget -= len(taken)
+            out += taken
+        return out
+
+    def _pop(self, level: int, now: int, limit: int | None) -> list[str]:
+        heap, out = self.heaps[level], []
+        while heap and heap[0][0] <= now and (limit is None or len(out) < limit):
+            at, authid = heapq.heappop(heap)
+            if self.due.get(authid) == (at, level):   # else a stale entry: replaced
+                del self.due[authid]
+                out.append(authid)
         return out
 
     def _compact(self, level: int) -> None:
