@@ -124,7 +124,7 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
     # admitted requests are not logged; a refusal on the response side is (#16)
     silent = text.index("http-request set-log-level silent\n")
     assert silent > text.index("!paid") and silent > text.index("str(DENY_DESTINATION)")
-    assert "http-response set-log-level info if squid_denied_destination" in text
+    assert "http-response set-log-level info if squid_deny_destination" in text
     assert f"map({tmp_path}/state/run/authids.map)" in text
     assert "server upstream 127.0.0.1:9200" in text and "server authd 127.0.0.1:9100" in text
     assert f"bind 127.0.0.1:9300 ssl crt {cfg.certificate_path}" in text
