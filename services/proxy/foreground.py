@@ -132,6 +132,12 @@ class ForegroundProgram:
                   file=sys.stderr)
             return EXIT_FAILED
         try:
+            # the operator's mistake before anything is written (#14)
+            self.check_inputs()
+        except self.config_errors as exc:
+            print(f"Error: {self.config.source}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
             watcher = AddressWatcher()
         except AddressListError as exc:
             print(f"Error: {self.name}: {exc}", file=sys.stderr)
