@@ -205,6 +205,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> tuple[int, ...]:
+    """`pid` and every process below it: lthn-haproxy and lthn-squid are small parents of
+    the real program (haproxy's master and its worker, squid), whose CPU is what counts."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    tree = [pid]
+    for parent in tree:
+        tree += [child for child, ppid in parents.items() if ppid == parent]
+    return tuple(tree)
+
+
 # --- the whole node ---
 
 class NodeRig:
@@ -253,13 +270,13 @@ class NodeRig:
     @property
     def route(self) -> Route:
         return Route("node", self.config.proxy.port, self.config.state / "tls" / "ca.pem",
-                     {"haproxy": (self.node.pid("haproxy"),),
-                      "squid": (self.node.pid("squid"),)})
+                     {"haproxy": process_tree(self.node.pid("haproxy")),
+                      "squid": process_tree(self.node.pid("squid"))})
 
     @property
     def squid(self) -> Route:
         return Route("squid alone", self.config.proxy.squid_port, None,
-                     {"squid": (self.node.pid("squid"),)})
+                     {"squid": process_tree(self.node.pid("squid"))})
 
     def pids(self) -> dict[str, int]:
         return {name: self.node.pid(name) for name in (*DAEMONS, "squid", "haproxy")}

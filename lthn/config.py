@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from lthn.destination_policy import parse_port_ranges
 from lthn.haproxy import contract as haproxy_contract
 from lthn.schema import ConfigError, Parser, setting
 
@@ -72,6 +73,10 @@ def _networks(values: list[str]) -> str | None:
 
 def _exceptions(values: list[str]) -> str | None:
     for v in values:
+        if "://" in v:
+            # a URL passed the check before and then matched nothing (issue #15)
+            host_port = v.split("://", 1)[1].split("/", 1)[0]
+            return f'"{v}" is a URL; write HOST:PORT or CIDR:PORT, like "{host_port}"'
         if parse_exception(v) is None:
             return f'"{v}" is not HOST:PORT or CIDR:PORT'
     return None
@@ -123,12 +128,33 @@ def _cipher_list(value: str) -> str | None:
     return 'must be cipher names separated by ":", like "AES-256-GCM:AES-256-CBC"'
 
 
+def _port_ranges(values: list[int | str]) -> str | None:
+    try:
+        parse_port_ranges(values)
+    except ValueError as exc:
+        return f"must hold ports or LOW-HIGH ranges: {exc}"
+    return None
+
+
+HOST_NAME = re.compile(r"^[0-9A-Za-z_]([0-9A-Za-z_-]*[0-9A-Za-z_])?"
+                       r"(\.[0-9A-Za-z_]([0-9A-Za-z_-]*[0-9A-Za-z_])?)*\.?$")
+
+
 def parse_exception(text: str) -> tuple[str, int] | None:
-    """'127.0.0.1:8080', '[::1]:80', 'origin.test:443', '10.1.0.0/16:80' -> (host, port)."""
+    """'127.0.0.1:8080', '[::1]:80', 'origin.test:443', '10.1.0.0/16:80' -> (host, port);
+    None for anything else (a URL, a path, a name that cannot be a host name)."""
     m = re.match(r"^\[?([0-9A-Za-z.:/_-]+?)\]?:(\d{1,5})$", text)
     if not m or not 1 <= int(m.group(2)) <= 65535:
         return None
-    return m.group(1), int(m.group(2))
+    host = m.group(1)
+    try:
+        if "/" in host:
+            ipaddress.ip_network(host, strict=False)
+        elif ":" in host or not HOST_NAME.match(host):
+            ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, int(m.group(2))
 
 
 @dataclass(frozen=True)
@@ -210,6 +236,9 @@ class Proxy:
     log_port: int = setting(8182, "loopback UDP port where haproxy sends its request log",
                             _port)
     connect_ports: list[int] = setting([443], "ports CONNECT may reach", _ports)
+    http_ports: list[int | str] = setting(
+        [80, 443, "1025-65535"], "ports plain HTTP may reach: ports and LOW-HIGH ranges "
+        "(like squid's Safe_ports)", _port_ranges)
     deny_networks: list[str] = setting(
         [], "extra destination ranges to refuse (CIDR), beside the built-in ones", _networks)
     deny_domains: list[str] = setting([], "destination domains to refuse (and subdomains)")

@@ -157,9 +157,21 @@ class Daemon:
         """A valid bus message arrived."""
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config and apply what can change without a restart (the
-        log level); say what else changed and needs one (#19)."""
-        self.control.reload_config()
+        """SIGHUP (`lthn-node reload`, `lthnctl reload`): read the config file again and
+        keep it (#15): the log level applies at once, what a daemon derived from the old
+        config is rebuilt in `reloaded()`, and a change a reload cannot apply is named with
+        the restart it needs (#19). A file with a mistake is logged and the running config
+        stays."""
+        new = self.control.reload_config()
+        if new is None:
+            return
+        old, self.config = self.config, new
+        self.reloaded(old)
+        log.info("%s: config re-read from %s", self.name, new.source)
+
+    def reloaded(self, old: Config) -> None:
+        """After a reload: rebuild what was derived from the old config (`self.config` is
+        the new one). Settings read where they are used need nothing here."""
 
     def stop(self) -> None:
         """Called once after the loop, before the bus and ledger close."""

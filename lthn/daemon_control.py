@@ -7,13 +7,14 @@ request is answered between two turns of the loop, never while a transaction is 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from lthn import config as config_mod
+from lthn.config import Config
+from lthn.config_changes import flat, restarts_needed
 from lthn.control import Asked, ControlServer, Handler, Refused, process_name
 from lthn.requests import (
     DaemonInfo,
@@ -60,26 +61,25 @@ class DaemonControl:
     def close(self) -> None:
         self.server.close()
 
-    def reload_config(self) -> None:
-        """Re-read the config file: a mistake keeps the running config (logged); the log
-        level applies at once; other changes are named, to be applied by a restart."""
+    def reload_config(self) -> Config | None:
+        """Re-read the config file: a mistake keeps the running config (logged, None); the
+        log level applies at once; a change a reload cannot apply is named with the
+        restart it needs (lthn/node/reload.py). Returns the new config."""
         old = self.daemon.config
         try:
             new = config_mod.load(old.source)
         except ConfigError as exc:
             log.error("%s: reload: %s; keeping the running config", self.process, exc)
-            return
+            return None
         logging.getLogger().setLevel(new.log_level.upper())
-        changed = [f.name for f in dataclasses.fields(new)
-                   if f.init and f.name != "log_level"
-                   and getattr(new, f.name) != getattr(old, f.name)]
-        if changed:
-            log.warning("%s: reload: log level %s; %s changed: restart %s to apply "
-                        "(lthn-node ctl restart %s)", self.process, new.log_level,
-                        ", ".join(changed), self.daemon.name, self.daemon.name)
+        restarts = restarts_needed(flat(old), flat(new))
+        if restarts:
+            log.warning("%s: reload: log level %s; changed, which a reload cannot apply: %s",
+                        self.process, new.log_level,
+                        ", ".join(f"{key} (restart {what})" for key, what in restarts))
         else:
-            log.info("%s: reload: log level %s; nothing else changed", self.process,
-                     new.log_level)
+            log.info("%s: reload: log level %s", self.process, new.log_level)
+        return new
 
     # --- the requests every daemon answers ---
     def on_status(self, _req: DaemonStatus, _asked: Asked) -> DaemonInfo:

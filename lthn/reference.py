@@ -7,6 +7,7 @@ program table and the refusal catalogue.
     python -m lthn.reference refusals    # every X-LTHN-Status code a client may get
     python -m lthn.reference commands    # every lthnctl command
     python -m lthn.reference requests    # every request a daemon answers (lthn.requests)
+    python -m lthn.reference reload      # what a change of each setting needs
 
 tests/test_readme.py fails when README.md's copies differ from what this prints, so the
 README cannot drift from the code.
@@ -19,6 +20,7 @@ import sys
 import typing
 
 from lthn.config import Config
+from lthn.config_changes import reference_table as reload_table
 from lthn.messages import CATALOGUE, field_types
 from lthn.node.programs import readme_table
 from lthn.refusals import reference_table as refusals_table
@@ -77,7 +79,7 @@ def requests_table() -> str:
 
 TABLES = {"config": config_table, "catalogue": catalogue_table, "programs": readme_table,
           "refusals": refusals_table, "commands": commands_table,
-          "requests": requests_table}
+          "requests": requests_table, "reload": reload_table}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,16 @@ def test_request_log_datagram_to_refusal(listener, title, expected, datagram):
         assert refusal.kind == "proxy"
 
 
+def test_a_datagram_that_is_not_utf8_is_still_a_refusal(listener):
+    """Captured from haproxy 2.6.12: a Latin-1 Host reaches the line as it is. authd
+    dropped it as not UTF-8, and the refusal vanished (issue #15)."""
+    datagram = b"LTHN1 127.0.0.1 40634 - NO_PAYMENT 403 GET caf\xe9.example\n"
+    refusal = listener.refusal(datagram, "127.0.0.1:1")
+    assert refusal is not None and listener.log.bad == 0
+    assert (refusal.reason, refusal.source, refusal.destination) == (
+        "NO_PAYMENT", "127.0.0.1", "caf\\xe9.example")
+
+
 def test_refusal_listener_drains_real_datagrams_and_survives_garbage(listener):
     import socket
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -15,7 +15,7 @@ from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.tls import ensure_certificates
 from services.authd.map_sync import MapSync, parse_show_map
-from services.proxy import haproxy_config
+from services.proxy import destinations, haproxy_config
 from tests.fixtures.common import free_port, wait_for
 
 ACTIVE = ["1A00000000000001", "1A00000000000002"]
@@ -33,7 +33,9 @@ class Haproxy:
     def start(self, map_text: str = "") -> Haproxy:
         self.map.write_text(map_text)
         path = self.cfg.state / "run" / "haproxy.cfg"
-        path.write_text(haproxy_config.render(self.cfg, []))
+        own = destinations.own_addresses_path(self.cfg, "haproxy")
+        own.write_text(destinations.own_address_lines(["127.0.0.1"]))
+        path.write_text(haproxy_config.render(self.cfg))
         self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(path)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: "Pid:" in self.admin.command("show info"), timeout=10,
@@ -123,10 +125,16 @@ def test_unreachable_haproxy_is_logged_once_and_resynced_when_back(cfg, ledger, 
             assert sync.apply(ACTIVE[0]) is False
         unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(unreachable) == 1
+        # never answered yet (the node is starting): not a warning (issue #15)
+        assert unreachable[0].levelno == logging.INFO
         haproxy.start()          # an empty map: as if the file had been stale
         assert sync.check_process() is True
-    assert haproxy.keys() == {a: 1 for a in ACTIVE}
-    assert any("reachable again" in r.getMessage() for r in caplog.records)
+        assert haproxy.keys() == {a: 1 for a in ACTIVE}
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
+        haproxy.stop()           # gone after it answered: that is worth a warning
+        assert sync.resync("down again") is None
+        again = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(again) == 2 and again[1].levelno == logging.WARNING
 
 
 def test_a_new_haproxy_process_is_noticed_and_resynced(cfg, ledger, haproxy):

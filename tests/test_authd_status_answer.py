@@ -60,10 +60,36 @@ def test_active_authid_gets_200_and_lethean_keys_with_exact_integers(cfg, ledger
     import json
     doc = json.loads(result.body)
     assert KEYS <= set(doc)
-    assert (doc["id"], doc["serviceid"], doc["activated"]) == (ACTIVE, "1A", True)
+    assert (doc["id"], doc["serviceid"]) == (ACTIVE, "1A")
     assert doc["balance_atomic"] == 12 * 10**9 and doc["balance"] == 0.012
-    assert (doc["overall"], doc["left"]) == (12, 12)       # cost 10^9 atomic per minute
-    assert (doc["txid"], doc["txid_history"], doc["confirmations"]) == ("aa" * 32, ["aa" * 32], 2)
+    assert (doc["minutes_bought"], doc["minutes_left"]) == (12, 12)  # 10^9 atomic a minute
+    assert (doc["txid"], doc["txids"], doc["confirmations"]) == ("aa" * 32, ["aa" * 32], 2)
+
+
+def test_upstream_keys_have_upstream_formats(cfg, ledger):
+    """Lethean's AuthId.getInfo() (lib/authids.py): dates as util.timefmt's local
+    "%Y-%m-%dT%H:%M:%S", yes/no flags, minutes spent, comma-joined txids (issue #15)."""
+    import json
+    with ledger.transaction() as tx:
+        tx.insert_payment("cc" * 32, ACTIVE, 10**9, 11, 1, "mined", True, 2)
+        tx.credit(ACTIVE, 10**9, payment=True)
+        tx.start_spending(ACTIVE, time.time() - 200)
+        tx.spend(ACTIVE, 3 * 10**9, 180_500)
+    result = answer(cfg, ledger, headers(("X-LTHN-PaymentID", ACTIVE),
+                                         ("X-LTHN-MgmtID", PROVIDER)))
+    doc = json.loads(result.body)
+    row = ledger.authid(ACTIVE)
+    assert doc["created"] == time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(row.created))
+    assert doc["modified"] == time.strftime("%Y-%m-%dT%H:%M:%S",
+                                            time.localtime(row.modified))
+    assert (doc["activated"], doc["spending"]) == ("yes", "yes")
+    assert doc["overall"] == 3                       # minutes spent (180.5 s charged)
+    assert doc["left"] == 10.0                       # minutes the balance still buys
+    assert doc["balance"] == 0.01
+    assert doc["txid_history"] == f"{'aa' * 32},{'cc' * 32}"
+    assert doc["txid"] == "cc" * 32 and doc["charged_cnt"] == 2
+    # what is exact lives under new keys
+    assert doc["created_at"] == row.created and doc["spent_atomic"] == 3 * 10**9
 
 
 @pytest.mark.parametrize("pairs,status,reason", [
@@ -110,6 +136,8 @@ def test_answerer_answers_at_once_over_http(cfg, ledger):
             response = ask(PROVIDER)
             assert (response.status, response.getheader("X-LTHN-Status")) == (200, "OK")
         assert time.monotonic() - started < 2.0   # the original slept 1 s per request
+        # a client must not learn what the node runs (issue #15)
+        assert response.getheader("Server") is None and response.getheader("Date")
         response = ask("cd" * 32)
         assert (response.status, response.reason) == (503, "BAD_ID")
         assert response.getheader("X-LTHN-Status") == "BAD_ID"

@@ -40,3 +40,34 @@ def test_a_daemon_that_watches_no_socket_idles_instead_of_spinning(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+def test_sighup_rereads_the_config_and_a_mistake_keeps_the_running_one(tmp_path):
+    """The reload path of every daemon (issue #15): SIGHUP reads the config file again;
+    a file with a mistake is one error line and the daemon runs on with what it had."""
+    import signal
+    config = tmp_path / "node.yaml"
+    good = (f'provider: {{id: "{PROVIDER}"}}\nstate_dir: "{tmp_path / "state"}"\n'
+            'wallet: {url: "http://127.0.0.1:9/json_rpc", dialect: monero, '
+            'poll_interval: 5}\n')
+    config.write_text(good)
+    log = tmp_path / "paymentd.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([tool("lthn-paymentd"), "-c", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "paymentd: ready" in log.read_text(), timeout=15, what="ready")
+        config.write_text(good + "log_level: debug\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: f"paymentd: config re-read from {config}" in log.read_text(),
+                 timeout=10, what="the config re-read")
+        config.write_text(good + "wallet: {prot: 1}\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "keeping the running config" in log.read_text(),
+                 timeout=10, what="the mistake logged")
+        assert proc.poll() is None
+        assert "wallet.prot: unknown key" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0

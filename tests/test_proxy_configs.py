@@ -15,7 +15,6 @@ from lthn.config import parse
 from services.proxy import destinations, haproxy_config, squid_config
 
 PROVIDER = "ab" * 32
-OWN = ["192.0.2.10/32", "2001:db8::10/128"]
 
 
 def config(tmp_path: Path, **proxy):
@@ -108,7 +107,7 @@ def test_unreadable_hosts_file_is_a_config_error_for_squid(tmp_path):
 def test_haproxy_config_follows_the_design_contracts(tmp_path):
     cfg, _ = config(tmp_path, log_port=9000, status_port=9100, squid_port=9200, port=9300,
                     bind="127.0.0.1")
-    text = haproxy_config.render(cfg, OWN)
+    text = haproxy_config.render(cfg)
     assert f"stats socket {cfg.haproxy_admin_socket} mode 600 level admin" in text
     assert "log 127.0.0.1:9000 len 4096 format raw local0" in text
     assert "log 127.0.0.1:9001" not in text     # sessiond reads no log (#14, #16)
@@ -125,7 +124,7 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
     # admitted requests are not logged; a refusal on the response side is (#16)
     silent = text.index("http-request set-log-level silent\n")
     assert silent > text.index("!paid") and silent > text.index("str(DENY_DESTINATION)")
-    assert "http-response set-log-level info if squid_denied_destination" in text
+    assert "http-response set-log-level info if squid_deny_destination" in text
     assert f"map({tmp_path}/state/run/authids.map)" in text
     assert "server upstream 127.0.0.1:9200" in text and "server authd 127.0.0.1:9100" in text
     assert f"bind 127.0.0.1:9300 ssl crt {cfg.certificate_path}" in text
@@ -133,40 +132,52 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
     # headers go only after every check; the status request is let through before the paid one
     assert text.index("del-header ^x-(lthn|itns)-") > text.index("str(DENY_DESTINATION)")
     assert text.index("http-request allow if status_host status_path") < text.index("!paid")
-    for address in OWN:
-        assert address in text
+    # the node's own addresses: a file lthn-haproxy keeps current, never a fixed list
+    own = destinations.own_addresses_path(cfg, "haproxy")
+    assert f"acl dest_own_ip var(txn.dhost) -m ip -f {own}" in text
+    # master-worker reloads: old workers end within hard-stop-after (issue #15)
+    assert f"hard-stop-after {haproxy_config.OLD_WORKER_SECONDS}s" in text
 
 
 def test_destination_lists_cover_issue_10(tmp_path):
-    cfg, _ = config(tmp_path, deny_networks=["127.0.0.5/32", "203.0.113.0/24"])
-    denied = destinations.denied_networks(cfg, OWN)
-    for net in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                "100.64.0.0/10", "169.254.0.0/16", "fe80::/10", "fc00::/7", "224.0.0.0/4",
-                "ff00::/8", "0.0.0.0/8", "::/128", "203.0.113.0/24", *OWN):
+    cfg, _ = config(tmp_path, deny_networks=["127.0.0.5/32", "192.88.99.0/24"])
+    denied = destinations.denied_networks(cfg)
+    for net in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "224.0.0.0/3",
+                "ff00::/8", "0.0.0.0/8", "::/96", "192.88.99.0/24", "64:ff9b::c058:6300/120"):
         assert net in denied
     assert "127.0.0.5/32" not in denied  # inside 127.0.0.0/8: squid would warn and ignore
-    assert not any(n.startswith("::ffff:") for n in denied)  # would match every IPv4
+    assert not any(n.startswith("::ffff:0:0/96") or n == "::/0" for n in denied)
     assert destinations.denied_domains(cfg) == ["localhost"]
 
 
 def test_squid_config_orders_exceptions_before_denies(tmp_path):
     cfg, _ = config(tmp_path, allow_destinations=["127.0.0.1:8080", "origin.test:8443"],
                     deny_domains=["blocked.test"], connect_ports=[443, 563])
-    text = squid_config.render(cfg, OWN, user="proxy")
+    text = squid_config.render(cfg, user="proxy")
     lines = text.splitlines()
     order = [i for i, x in enumerate(lines) if x.startswith("http_access")]
     rules = [lines[i] for i in order]
     assert rules[:2] == ["http_access deny manager", "http_access deny lthn_internal"]
     assert rules[2:4] == ["http_access allow lthn_exception_0_host lthn_exception_0_port",
                           "http_access allow lthn_exception_1_host lthn_exception_1_port"]
-    assert rules[-2:] == ["http_access deny lthn_denied_dst", "http_access allow all"]
+    assert rules[4:6] == ["http_access deny CONNECT !lthn_connect_ports",
+                          "http_access deny !CONNECT !lthn_http_ports"]
+    assert rules[-3:] == ["http_access deny lthn_denied_dst", "http_access deny lthn_own_dst",
+                          "http_access allow all"]
     assert "acl lthn_exception_1_host dstdomain -n origin.test" in text
     assert "acl lthn_denied_domain dstdomain -n .blocked.test .localhost" in text
     assert "acl lthn_connect_ports port 443 563" in text
+    assert "acl lthn_http_ports port 80 443 1025-65535" in text
+    assert f'acl lthn_own_dst dst "{destinations.own_addresses_path(cfg, "squid")}"' in text
     assert f"http_port 127.0.0.1:{cfg.proxy.squid_port}" in text
     assert "cache_effective_user proxy" in text and "cache deny all" in text
-    assert "deny_info ERR_LTHN_DENY_DESTINATION" in text
-    assert "deny_info ERR_ACCESS_DENIED" in squid_config.render(cfg, OWN, own_error_page=False)
+    assert ("deny_info 302:http://refused.lthn.invalid/DENY_DESTINATION lthn_denied_dst "
+            "lthn_own_dst") in text
+    assert ("deny_info 302:http://refused.lthn.invalid/DENY_PORT lthn_connect_ports "
+            "lthn_http_ports") in text
+    # no error pages of ours: squid's user need not reach the state dir (issue #15)
+    assert "error_directory" not in text
 
 
 def test_lthn_haproxy_writes_the_active_authids_from_the_ledger(tmp_path):
@@ -214,4 +225,4 @@ def test_haproxy_runs_one_thread_on_two_cpus_or_fewer(tmp_path, monkeypatch):
     cfg, _ = config(tmp_path)
     for cpus, expected in ((1, True), (2, True), (4, False)):
         monkeypatch.setattr(haproxy_config.os, "cpu_count", lambda n=cpus: n)
-        assert ("    nbthread 1\n" in haproxy_config.render(cfg, OWN)) is expected
+        assert ("    nbthread 1\n" in haproxy_config.render(cfg)) is expected

@@ -25,7 +25,10 @@ def test_codes_are_identifiers_and_texts_are_one_safe_line():
         # $ expands variables) and into squid's HTML page
         assert set(refusal.text) <= set(string.printable) - set('"\\$\r\n\t\x0b\x0c')
         assert refusal.text[0].isupper() and refusal.text.endswith(".")
-        assert refusal.doc and refusal.http_status in (403, 429, 503)
+        assert refusal.doc
+        assert refusal.http_status in (0, 400, 403, 429, 500, 502, 503, 504)
+    # no HTTP answer is possible only for a failed TLS handshake
+    assert [r for r in Refusal if r.http_status == 0] == [Refusal.BAD_TLS]
 
 
 def test_lethean_clients_get_lethean_statuses():
@@ -41,6 +44,12 @@ def test_not_yet_paid_never_bans_and_probes_do():
     assert not Refusal.BANNED.kind.may_ban and not Refusal.CONNECTION_ERROR.kind.may_ban
     assert Refusal.BAD_AUTHID.kind.may_ban and Refusal.DENY_DESTINATION.kind.may_ban
     assert Refusal.OVERLIMIT.kind.may_ban
+    # a destination that fails is not the client's attack, nor the node's fault its own
+    for refusal in (Refusal.DNS_FAILURE, Refusal.CONNECT_FAILED, Refusal.DESTINATION_TIMEOUT,
+                    Refusal.DESTINATION_ERROR, Refusal.UNAVAILABLE, Refusal.PROXY_ERROR):
+        assert not refusal.kind.may_ban, refusal
+    for refusal in (Refusal.DENY_PORT, Refusal.BAD_HOST, Refusal.BAD_REQUEST, Refusal.BAD_TLS):
+        assert refusal.kind.may_ban, refusal
 
 
 def test_lookup_by_code():
@@ -56,27 +65,69 @@ def cfg(tmp_path):
 
 
 def test_haproxy_answers_every_refusal_as_the_catalogue_says(cfg):
-    text = haproxy_config.render(cfg, ["192.0.2.10/32"])
+    text = haproxy_config.render(cfg)
     answers = re.findall(r'return status (\d+) content-type text/plain string "([^"]*)\\n" '
                          r"hdr X-LTHN-Status (\S+) if", text)
     assert {code for _, _, code in answers} == {
-        "BAD_METHOD", "NO_PAYMENT", "BAD_AUTHID", "DENY_DESTINATION"}
+        "BAD_METHOD", "NO_PAYMENT", "BAD_AUTHID", "DENY_DESTINATION", "DENY_PORT", "BAD_HOST",
+        "DNS_FAILURE", "CONNECT_FAILED", "DESTINATION_TIMEOUT", "DESTINATION_ERROR",
+        "BAD_REQUEST", "UNAVAILABLE", "PROXY_ERROR"}
     for status, body, code in answers:
         refusal = Refusal.of(code)
         assert refusal is not None and (int(status), body) == (refusal.http_status, refusal.text)
     # the reason logged for authd is the code answered, rule by rule
-    logged = re.findall(r"set-var\(txn\.reason\) str\((\S+)\) if (.*)", text)
-    sent = re.findall(r"hdr X-LTHN-Status (\S+) if (.*)", text)
+    logged = re.findall(r"http-request set-var\(txn\.reason\) str\((\S+)\) if (.*)", text) + \
+        re.findall(r"http-response set-var\(txn\.reason\) str\((\S+)\) if (.*)", text)
+    sent = re.findall(r"http-request return .* hdr X-LTHN-Status (\S+) if (.*)", text) + \
+        re.findall(r"http-response return .* hdr X-LTHN-Status (\S+) if (.*)", text)
     assert logged == sent
 
 
-def test_squid_page_and_haproxy_agree_on_the_destination_refusal(cfg):
-    page = squid_config.error_page_text(Refusal.DENY_DESTINATION)
-    assert f"<p>{Refusal.DENY_DESTINATION.text}</p>" in page
-    assert squid_config.DENY_PAGE == "ERR_LTHN_DENY_DESTINATION"
-    text = haproxy_config.render(cfg, [])
-    assert (f"res.hdr(x-squid-error) -m beg {squid_config.DENY_PAGE} "
-            f"{squid_config.STANDARD_DENY_PAGE}") in text
+def test_haproxy_answers_what_haproxy_itself_fails_with_as_the_catalogue_says(cfg):
+    text = haproxy_config.render(cfg)
+    errors = re.findall(r'http-error status (\d+) content-type text/plain string "([^"]*)\\n" '
+                        r"hdr X-LTHN-Status (\S+)", text)
+    assert [int(s) for s, _, _ in errors] == [500, 502, 503, 504]
+    for status, body, code in errors:
+        refusal = Refusal.of(code)
+        assert refusal is not None and body == refusal.text
+        assert refusal.http_status in (int(status), 500)   # PROXY_ERROR answers 502 too
+
+
+def test_squid_markers_and_haproxy_agree(cfg):
+    """Every marker squid sets (its deny_info redirects, its error names) is answered by
+    haproxy with the row squid_config.py maps it to; anything else squid makes is
+    PROXY_ERROR."""
+    squid = squid_config.render(cfg)
+    haproxy = haproxy_config.render(cfg)
+    for refusal in (Refusal.DENY_DESTINATION, Refusal.DENY_PORT):
+        assert f"deny_info {squid_config.refusal_marker(refusal)} " in squid
+    for refusal, markers in squid_config.answers().items():
+        name = f"squid_{refusal.code.lower()}"
+        assert (f"acl {name} var(txn.answered_by) -m reg {squid_config.marker_regex(markers)}"
+                in haproxy)
+        assert f"hdr X-LTHN-Status {refusal.code} if {name}" in haproxy
+    assert "hdr X-LTHN-Status PROXY_ERROR if squid_made" in haproxy
+
+
+@pytest.mark.parametrize("marker,code", [
+    ("302:http://refused.lthn.invalid/DENY_PORT HIER_NONE", "DENY_PORT"),
+    ("ERR_CONNECT_FAIL HIER_DIRECT", "CONNECT_FAILED"),
+    ("ERR_CONNECT_FAIL 111", "CONNECT_FAILED"),          # X-Squid-Error, no mark
+    ("ERR_READ_ERROR HIER_NONE", "DNS_FAILURE"),        # squid 5.7's DNS failure
+    ("ERR_READ_ERROR HIER_DIRECT", "DESTINATION_ERROR"),
+    ("ERR_DNS_FAIL", "DNS_FAILURE"),
+    ("ERR_INVALID_URL 0", "BAD_REQUEST"),
+    ("ERR_CONNECT_FAILURE_NOT_A_CODE HIER_NONE", None),
+    ("- HIER_DIRECT", None),
+])
+def test_squid_markers_map_in_order(marker, code):
+    """The first refusal whose regex matches is the one haproxy answers (rule order)."""
+    def pcre(markers: list[str]) -> str:   # POSIX classes, as haproxy's PCRE2 reads them
+        return squid_config.marker_regex(markers).replace("[[:space:]]", r"\s")
+    found = next((refusal.code for refusal, markers in squid_config.answers().items()
+                  if re.search(pcre(markers), marker)), None)
+    assert found == code
 
 
 def test_a_code_unknown_to_the_catalogue_is_still_an_event():

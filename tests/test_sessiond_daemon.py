@@ -95,12 +95,14 @@ def daemon_factory(tmp_path: Path):
 
 def test_no_admin_socket_logs_once_and_charges_on(daemon_factory, caplog):
     daemon, wall, mono = daemon_factory(charge_interval=1.0)   # every tick writes
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.INFO)
     for t in range(1, 6):
         wall.now, mono.now = T0 + t, 100.0 + t
         daemon.tick()
-    warnings = [r for r in caplog.records if "haproxy" in r.getMessage()]
-    assert len(warnings) == 1 and "admin socket" in warnings[0].getMessage()
+    lines = [r for r in caplog.records if "haproxy" in r.getMessage()]
+    assert len(lines) == 1 and "admin socket" in lines[0].getMessage()
+    # haproxy never answered (a node starting): not a warning (issue #15)
+    assert lines[0].levelno == logging.INFO
     assert daemon.ledger.authid(AUTHID).charged_ms == 5000
 
 

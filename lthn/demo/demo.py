@@ -56,10 +56,25 @@ class OriginHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(ORIGIN_PAGE)))
         self.end_headers()
-        self.wfile.write(ORIGIN_PAGE)
+        if self.command != "HEAD":
+            self.wfile.write(ORIGIN_PAGE)
+
+    do_HEAD = do_GET
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the node's own logs tell what happened
+
+
+class OriginServer(ThreadingHTTPServer):
+    """The origin's server: a client that goes away mid-answer is normal for a web site,
+    not a traceback on the demo's terminal (issue #15)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 def prepare_dir(directory: Path) -> str | None:
@@ -213,7 +228,7 @@ def run(directory: Path) -> int:
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    origin = ThreadingHTTPServer(("127.0.0.1", 0), OriginHandler)
+    origin = OriginServer(("127.0.0.1", 0), OriginHandler)
     threading.Thread(target=origin.serve_forever, daemon=True, name="demo-origin").start()
     origin_port = origin.server_address[1]
     # monerod publishes its blocks (ZMQ): confirmations follow them as they come (#16)

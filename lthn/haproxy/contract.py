@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lthn.refusals import Refusal
+
 if TYPE_CHECKING:  # lthn.config reads admin_socket_path from here
     from lthn.config import Config
 
@@ -42,6 +44,12 @@ STREAM_KEY_VAR = "txn.lthn_stream"
 # response side (squid's destination refusal) turns logging back on (#16).
 LOG_TAG = "LTHN1"
 LOG_FORMAT = f"{LOG_TAG} %ci %cp %[var(txn.authid)] %[var(txn.reason)] %ST %HM %[var(txn.dest)]"
+# the same line for what never became a request (haproxy's `error-log-format`): a failed
+# TLS handshake (BAD_TLS, status 0) or a request haproxy could not parse or that was not
+# complete in time (BAD_REQUEST, status 400 or 408); no authid, method or destination
+ERROR_LOG_FORMAT = (f"{LOG_TAG} %ci %cp - "
+                    f"%[fc_err,bool,iif({Refusal.BAD_TLS.code},{Refusal.BAD_REQUEST.code})] "
+                    "%ST - -")
 LOG_HOST = "127.0.0.1"
 LOG_DATAGRAM_LEN = 4096   # haproxy truncates a longer line
 

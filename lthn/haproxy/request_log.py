@@ -45,13 +45,23 @@ def _unset(value: str) -> str:
     return "" if value == "-" else value
 
 
+class HaproxyNotice(LogLineError):
+    """One of haproxy's own lines about itself ("Proxy lthn_proxy stopped ..." at a reload
+    or stop), sent to the same log targets: expected, not ours, not worth a warning."""
+
+
+# how haproxy's notices about its proxies begin (src/proxy.c, 2.6)
+NOTICES = ("Proxy ", "Stopping ", "Pausing ", "Resuming ")
+
+
 def parse(datagram: bytes) -> RequestLog:
-    try:
-        text = datagram.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise LogLineError("not UTF-8") from None
+    # a client's bytes (a Host header that is not UTF-8) reach the line as they are: keep
+    # the line, with those bytes escaped, so the refusal is still an event (issue #15)
+    text = datagram.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
     parts = text.split(" ", 7)
     if len(parts) != 8 or parts[0] != LOG_TAG:
+        if text.startswith(NOTICES):
+            raise HaproxyNotice(text[:120])
         raise LogLineError(f"not a {LOG_TAG} line: {text[:80]!r}")
     _, ip, port, authid, reason, status, method, destination = parts
     if not port.isdigit() or not (status.isdigit() or status == "-1"):
@@ -103,6 +113,9 @@ class RequestLogListener:
         """The request line in one datagram, or None (counted and, sparingly, logged)."""
         try:
             return parse(data)
+        except HaproxyNotice as exc:
+            log.debug("%s: haproxy says: %s", self.name, exc)
+            return None
         except LogLineError as exc:
             self.bad += 1
             if self.bad <= BAD_LINES_LOGGED or self.bad % 1000 == 0:

@@ -1,12 +1,29 @@
 """haproxy's runtime API over its admin socket: one command per connection.
 
-Parsers for the answers live beside their users; this module only talks to the socket.
+Parsers for the answers live beside their users; one that two programs need lives here
+(`show info`: authd notices a new haproxy process, lthn-haproxy a reload's new worker).
 """
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+
+
+class RuntimeAnswerError(ValueError):
+    """haproxy answered a runtime command with an error message."""
+
+
+def parse_show_info(answer: str) -> dict[str, str]:
+    """`show info` -> its `Name: value` pairs."""
+    info = {}
+    for line in answer.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            info[name.strip()] = value.strip()
+    if "Pid" not in info:
+        raise RuntimeAnswerError(f"show info without Pid: {answer[:80]!r}")
+    return info
 
 
 class HaproxyUnavailable(OSError):

@@ -2,9 +2,10 @@
 
     lthn-node init DIR [--endpoint HOST ...]          a new node: keys, certificates, config,
                                                       signed sdp.json
-    lthn-node run -c CONFIG [--without PROGRAM ...]   check, prepare, exec supervisord
+    lthn-node run -c CONFIG [--without PROGRAM ...]   check, prepare, run supervisord
     lthn-node ctl -c CONFIG ARGS...                   supervisorctl on this node's socket
                                                       (`authd` means all authd processes)
+    lthn-node reload -c CONFIG                        apply a changed config (no restart)
     lthn-node demo [--dir DIR]                        a self-contained node on regtest
     lthn-node demo-pay [--dir DIR] AUTHID AMOUNT      pay the demo node from its payer wallet
 
@@ -12,8 +13,9 @@
 start beside a live supervisord of the same state dir (exit 2) and stops what a dead one
 left running, makes the state dir (0700, with run/ log/ tls/), makes the certificates
 when the config uses the default path, brings the ledger to the current schema, then
-replaces itself with supervisord (`lthn.node.supervisord_main`) on supervisord.conf with
-the variables that file reads.
+runs supervisord (`lthn.node.supervisord_main`) on supervisord.conf with the variables
+that file reads, staying its small parent: SIGHUP to `lthn-node run` is `lthn-node
+reload`, SIGTERM stops the node, and supervisord dies with it (lthn/node/parent.py).
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from pathlib import Path
 
 from lthn.cli_args import config_argument, load_config_or_exit
 from lthn.config import Config
+from lthn.config import load as load_config
 from lthn.demo import demo
 from lthn.exits import EXIT_CONFIG, EXIT_FAILED
 from lthn.ledger import Ledger, LedgerError
 from lthn.node import init as init_mod
 from lthn.node import orphans
+from lthn.node.parent import supervise
 from lthn.node.programs import NAMES
+from lthn.node.reload import reload_node, save_snapshot
 from lthn.node.supervision import (
     check_environment,
     ctl_arguments,
@@ -38,6 +43,7 @@ from lthn.node.supervision import (
     supervisord_conf,
     tool,
 )
+from lthn.schema import ConfigError
 
 
 def prepare_state(config: Config) -> None:
@@ -121,9 +127,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"lthn-node: starting the node's programs under supervisord; its log is "
           f"{config.state / 'log' / 'supervisord.log'}, `lthn-node ctl -c {args.config} "
           "status` shows them", flush=True)
+    save_snapshot(config)  # what a reload compares a changed config with
     argv = [sys.executable, "-m", "lthn.node.supervisord_main", "-n", "-c", str(conf)]
-    os.execve(sys.executable, argv, env)
-    return EXIT_FAILED  # not reached: exec replaced this process
+    return supervise(argv, env, lambda: reload_from(args.config))
+
+
+def reload_from(config_path: str) -> int:
+    """The config checked as at a start, then the reload (lthn/node/reload.py)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"Error: {exc}; nothing was reloaded", file=sys.stderr)
+        return EXIT_CONFIG
+    return reload_node(config, config_path)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    return reload_from(args.config)
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -169,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_argument(ctl)
     ctl.add_argument("args", nargs=argparse.REMAINDER, help="supervisorctl arguments")
     ctl.set_defaults(func=cmd_ctl)
+
+    reload = commands.add_parser(
+        "reload", help="check a changed config and apply it to the running node without a "
+        "restart (what SIGHUP to `lthn-node run` does)")
+    config_argument(reload)
+    reload.set_defaults(func=cmd_reload)
 
     demo = commands.add_parser("demo", help="run a self-contained demo node on Monero regtest")
     demo.add_argument("--dir", default="demo", help="where everything goes (default ./demo)")

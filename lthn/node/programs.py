@@ -32,13 +32,14 @@ class Program:
     group: bool = False         # numprocs from LTHN_<NAME>_PROCS; named <name>:<name>_<n>
     note: str = ""              # extra comment lines in supervisord.conf
     mode: str = ""              # "vpn": started only when the config turns that mode on
+    reloads: bool = True        # SIGHUP re-reads the config (`lthn-node reload`, #15)
 
 
 PROGRAMS: tuple[Program, ...] = (
     Program("busd", "lthn-busd", "services.busd.main",
             "the message bus: a ZeroMQ XSUB/XPUB forwarder; every other program publishes "
             "and subscribes through it. Started first.",
-            priority=10, stopwaitsecs=5,
+            priority=10, stopwaitsecs=5, reloads=False,
             note="zmq reconnects by itself, so a late or restarted busd costs messages, "
                  "never a crash."),
     Program("paymentd", "lthn-paymentd", "services.paymentd.main",
@@ -73,20 +74,23 @@ PROGRAMS: tuple[Program, ...] = (
             "the audit log file from the ledger.",
             priority=100, stopwaitsecs=5),
     Program("squid", "lthn-squid", "services.proxy.run_squid",
-            "renders squid's config from the node config and runs squid in the "
-            "foreground: the loopback forward proxy that fetches for clients and refuses "
-            "private and denied destinations after name resolution.",
+            "renders squid's config from the node config and runs squid as its child: "
+            "the loopback forward proxy that fetches for clients and refuses non-global "
+            "and denied destinations after name resolution. Reconfigures squid on a reload "
+            "and when the machine's addresses change.",
             priority=200, stopwaitsecs=40, startsecs=2, binary="squid",
             note="squid before haproxy: haproxy's back end should be there when clients "
                  "arrive. squid waits up to its shutdown_lifetime before it ends on "
                  "SIGTERM."),
     Program("haproxy", "lthn-haproxy", "services.proxy.run_haproxy",
             "renders haproxy's config and the active-authid map from the ledger, then "
-            "runs haproxy in the foreground: the TLS front end clients connect to, which "
-            "admits only requests whose `X-LTHN-PaymentID` is in the map, removes "
-            "`X-LTHN-*` headers, and passes them to squid.",
+            "runs haproxy (master-worker) as its child: the TLS front end clients connect "
+            "to, which admits only requests whose `X-LTHN-PaymentID` is in the map, "
+            "removes `X-LTHN-*` headers, and passes them to squid. Reloads haproxy without "
+            "refusing a connection, and follows the machine's addresses at runtime.",
             priority=300, stopwaitsecs=10, startsecs=2, binary="haproxy",
-            note="SIGTERM is haproxy's hard stop; tunnels are cut."),
+            note="SIGTERM is haproxy's hard stop; tunnels are cut. SIGHUP (lthn-node "
+                 "reload) is a seamless reload."),
     Program("vpnd", "lthn-vpnd", "services.vpn.main",
             "VPN mode: holds OpenVPN's management connection, admits or refuses each login "
             "(the authid as username and password) from the ledger, reports the live "
@@ -100,6 +104,8 @@ PROGRAMS: tuple[Program, ...] = (
             "egress filter), runs OpenVPN in the foreground and removes the table when it "
             "stops.",
             priority=260, stopwaitsecs=15, startsecs=2, binary="openvpn", mode="vpn",
+            # SIGHUP is OpenVPN's restart, which drops every client: never a reload
+            reloads=False,
             note="Started only when vpn.enabled is true. OpenVPN tells its UDP clients it "
                  "is going (explicit-exit-notify), so they reconnect at once after a "
                  "restart."),

@@ -58,9 +58,13 @@ class AuthDaemon(Daemon):
                  self.config.proxy.status_port, contract.refusal_log_port(self.config))
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config (log level), rebuild haproxy's list from the ledger."""
+        """SIGHUP: re-read the config, rebuild haproxy's list from the ledger at once."""
         super().reload()
         self.map_sync.resync("reload")
+
+    def reloaded(self, old: Config) -> None:
+        """The status answer reads the provider id and services from the new config."""
+        self.status.server.config = self.config
 
     def refresh(self) -> str:
         done = self.map_sync.resync("asked")

@@ -24,14 +24,15 @@ from pathlib import Path
 
 from lthn.access import State
 from lthn.authid import AuthidError, parse_authid, short
-from lthn.haproxy.runtime import HaproxyAdmin, HaproxyUnavailable
+from lthn.haproxy.runtime import (
+    HaproxyAdmin,
+    HaproxyUnavailable,
+    RuntimeAnswerError,
+    parse_show_info,
+)
 from lthn.ledger import Ledger
 
 log = logging.getLogger(__name__)
-
-
-class RuntimeAnswerError(ValueError):
-    """haproxy answered a runtime command with an error message."""
 
 
 # a CLI payload must fit haproxy's buffer (16 kB by default); a bigger one is dropped
@@ -58,18 +59,6 @@ def parse_show_map(answer: str) -> Counter[str]:
             raise RuntimeAnswerError(f"unexpected show map line {line[:80]!r}")
         keys[parts[1]] += 1
     return keys
-
-
-def parse_show_info(answer: str) -> dict[str, str]:
-    """`show info` -> its `Name: value` pairs."""
-    info = {}
-    for line in answer.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and name.strip():
-            info[name.strip()] = value.strip()
-    if "Pid" not in info:
-        raise RuntimeAnswerError(f"show info without Pid: {answer[:80]!r}")
-    return info
 
 
 @dataclass(frozen=True)
@@ -118,7 +107,10 @@ class MapSync:
             answer = self.admin.command(line, payload)
         except HaproxyUnavailable as exc:
             if not self.unreachable:
-                log.warning("haproxy: unreachable (%s); retrying", exc)
+                # at the node's start haproxy comes up after authd: not worth a warning
+                # until haproxy has answered once (issue #15)
+                level = logging.WARNING if self.process is not None else logging.INFO
+                log.log(level, "haproxy: unreachable (%s); retrying", exc)
                 self.unreachable = True
             return None
         if self.unreachable:

@@ -57,10 +57,23 @@ def authid_from(values: list[str]) -> str | None:
         return None
 
 
+def upstream_time(epoch: float) -> str:
+    """Lethean's time format (lib/util.py `timefmt`): local time, seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
 def document(config: Config, ledger: Ledger, authid: str) -> dict[str, Any] | None:
     """The status JSON of an authid that may be used now, else None.
 
-    Lethean's keys (balance in coins, overall/left in minutes) plus exact integers.
+    Every key of upstream `AuthId.getInfo()` (lib/authids.py) with upstream's value
+    formats (issue #15): `created`/`modified` local date strings, `activated`/`spending`
+    "yes"/"no", `balance` coins, `overall` minutes spent, `left` minutes left,
+    `txid_history` comma-joined. What this node knows more precisely is under new keys:
+    epoch times, exact atomic amounts, the txids as a list.
     """
     row = ledger.authid(authid)
     if row is None or row.state != State.ACTIVE.value:
@@ -70,22 +83,32 @@ def document(config: Config, ledger: Ledger, authid: str) -> dict[str, Any] | No
     rules = rules_for(config, service) if service else None
     cost = rules.cost if rules else 0
     units = config.wallet.units
+    minutes_spent = row.charged_ms // credit_rules.MS_PER_MINUTE
+    txids = [p.txid for p in payments]
     return {
+        # upstream's keys, upstream's formats
         "id": row.authid,
         "serviceid": row.service_id,
-        "created": row.created,
-        "modified": row.modified,
-        "activated": True,
-        "spending": row.spending_since is not None,
+        "created": upstream_time(row.created),
+        "modified": upstream_time(row.modified),
+        "activated": _yes_no(True),
+        "spending": _yes_no(row.spending_since is not None),
         "balance": float(Decimal(row.balance) / units),        # display only
-        "overall": row.credit // cost if cost else 0,          # minutes all credit buys
-        "left": credit_rules.minutes_left(rules, row.balance) if rules else 0,
+        "overall": minutes_spent,
+        "left": float(Decimal(max(0, row.balance)) / cost) if cost else 0.0,
         "confirmations": min((p.confirmations for p in payments), default=0),
         "charged_cnt": len(payments),                          # credits received
-        "discharged_cnt": row.charged_ms // credit_rules.MS_PER_MINUTE,  # minutes charged
-        "txid": payments[-1].txid if payments else "",
-        "txid_history": [p.txid for p in payments],
+        "discharged_cnt": minutes_spent,                       # minutes charged
+        "txid": txids[-1] if txids else "",
+        "txid_history": ",".join(txids),
+        # this node's own, exact
         "state": row.state,
+        "created_at": row.created,
+        "modified_at": row.modified,
+        "spending_since": row.spending_since,
+        "txids": txids,
+        "minutes_bought": row.credit // cost if cost else 0,
+        "minutes_left": credit_rules.minutes_left(rules, row.balance) if rules else 0,
         "balance_atomic": row.balance,
         "credit_atomic": row.credit,
         "spent_atomic": row.spent,
@@ -144,7 +167,9 @@ class _Handler(BaseHTTPRequestHandler):
             result = Answer.refused(Refusal.CONNECTION_ERROR)
         self.server.stats.observe("auth_decision_seconds", time.perf_counter() - began)
         self.server.stats.count("auth_decisions_total", {"decision": result.reason})
-        self.send_response(result.status, result.reason)
+        # no Server header: a client must not learn what the node runs (issue #15)
+        self.send_response_only(result.status, result.reason)
+        self.send_header("Date", self.date_time_string())
         self.send_header(refusals.HEADER, result.reason)
         self.send_header("Content-Type", result.content_type)
         self.send_header("Content-Length", str(len(result.body)))

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     # from the first line, whatever SIGINT's inherited disposition (a background job's
     # is "ignored"), and busd dies with its supervisord (#14)
     signals = StopSignals().install((signal.SIGTERM, signal.SIGINT))
+    # a reload has nothing for the forwarder to re-read (`lthn-node reload` skips it, #15)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     die_with_supervisord()
     _, config = parse_with_config(
         argparse.ArgumentParser(description="Run the node's message bus forwarder."), argv)

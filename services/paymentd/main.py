@@ -73,6 +73,10 @@ class Paymentd(Daemon):
     @property
     def failures(self) -> int:
         return self.schedule.failures
+    def reloaded(self, old: Config) -> None:
+        """Services (prices, confirmations) from the new config; the wallet connection
+        stays (its settings need a restart)."""
+        self.crediting = Crediting(self.config)
 
     def start(self) -> None:
         # a debug line per wallet call, ten a second, would bury paymentd's own lines

@@ -1,35 +1,22 @@
-"""Which destinations a paying client may reach: the node's policy, for haproxy and squid.
+"""Which destinations a paying client may reach: the node config's policy, for haproxy and
+squid. The ranges come from lthn/destination_policy.py (the VPN's egress filter uses the
+same), so the two generated configs never disagree (issues #10, #15): haproxy refuses
+before any name is looked up (IP literals, ports, host names that cannot be names),
+squid again after name resolution (`dst`).
 
-Both generated configs take their lists from here so they never disagree (issue #10):
-squid enforces it after name resolution (`dst`), haproxy again on IP literals.
+The node's own addresses are not in the static lists: each program keeps them in a file
+of its own that follows the machine's addresses while it runs (services/proxy/
+own_addresses.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import logging
-import socket
-import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
+from lthn import destination_policy as policy
 from lthn.config import Config, parse_exception
-
-log = logging.getLogger(__name__)
-
-# never reachable through the proxy: the node itself and private networks (issue #10)
-BUILTIN_DENIED = (
-    "127.0.0.0/8", "::1/128",                        # loopback
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
-    "100.64.0.0/10",                                 # carrier-grade NAT
-    "169.254.0.0/16", "fe80::/10",                   # link-local
-    "fc00::/7",                                      # unique-local
-    "224.0.0.0/4", "ff00::/8",                       # multicast
-    "0.0.0.0/8", "::/128",                           # unspecified / "this network"
-    "240.0.0.0/4",                                   # reserved, and broadcast
-)
-# IPv4-mapped IPv6 (::ffff:a.b.c.d) is not listed: haproxy and squid both compare it as the
-# IPv4 address it carries, and listing ::ffff:0:0/96 would match every IPv4 address.
 
 
 @dataclass(frozen=True)
@@ -62,51 +49,21 @@ def exceptions(config: Config) -> list[Exception_]:
     return out
 
 
-def node_addresses() -> list[str]:
-    """Every address configured on this machine's interfaces (`ip -j addr`), as /32 or /128.
-
-    Read when the configs are rendered; an address added later is covered after a restart
-    of haproxy and squid (and by the built-in ranges when it is private).
-    """
-    found: set[str] = set()
-    try:
-        result = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True,
-                                timeout=5, check=True)
-        for link in json.loads(result.stdout):
-            for info in link.get("addr_info", []):
-                address = info.get("local")
-                if address:
-                    found.add(address)
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        log.warning("destinations: cannot list interface addresses with `ip -j addr` (%s); "
-                    "falling back to the host name's addresses", exc)
-        try:
-            for *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
-                found.add(str(sockaddr[0]))
-        except OSError:
-            pass
-    out = []
-    for address in sorted(found):
-        try:
-            ip = ipaddress.ip_address(address.split("%")[0])
-        except ValueError:
-            continue
-        out.append(f"{ip}/{ip.max_prefixlen}")
-    return out
+def denied_networks(config: Config) -> list[str]:
+    """The policy's ranges and the operator's extra ones (CIDR), without a range inside
+    another (squid warns about those) and without ::ffff:0:0/96 (see the policy)."""
+    return [str(n) for n in policy.denied_networks(config.proxy.deny_networks,
+                                                   ipv4_mapped=False)]
 
 
-def denied_networks(config: Config, own: list[str] | None = None) -> list[str]:
-    """Built-in ranges, the node's own addresses and the operator's extra ranges (CIDR)."""
-    own = node_addresses() if own is None else own
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for text in (*BUILTIN_DENIED, *own, *config.proxy.deny_networks):
-        network = ipaddress.ip_network(text, strict=False)
-        if network not in networks:
-            networks.append(network)
-    # squid warns about (and ignores) a range inside another: keep only the outer one
-    return [str(n) for n in networks
-            if not any(o != n and o.version == n.version and n.subnet_of(o)  # type: ignore[arg-type]
-                       for o in networks)]
+def own_address_lines(addresses: list[str]) -> str:
+    """The file of the node's own addresses haproxy and squid read: one range a line."""
+    return "".join(f"{n}\n" for n in policy.own_networks(addresses))
+
+
+def own_addresses_path(config: Config, program: str) -> Path:
+    """Each program keeps its own copy (written by its own runner, never by two)."""
+    return config.state / "run" / f"{program}-own-addresses.acl"
 
 
 # names that always mean this machine (RFC 6761), refused before any resolver is asked
@@ -123,3 +80,8 @@ def denied_domains(config: Config) -> list[str]:
 def connect_ports(config: Config) -> list[int]:
     """Ports CONNECT may reach anywhere; an exception also opens its own port, to its host."""
     return sorted(set(config.proxy.connect_ports))
+
+
+def http_ports(config: Config) -> list[tuple[int, int]]:
+    """Port ranges plain HTTP may reach (`proxy.http_ports`, like squid's Safe_ports)."""
+    return policy.parse_port_ranges(config.proxy.http_ports)

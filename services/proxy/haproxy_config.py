@@ -1,28 +1,33 @@
 """Renders haproxy.cfg from the node config: the TLS front end every proxy client talks to.
 
-What the generated config does, in rule order (docs/design.md, issues #4 and #10); every
-refusal answers its row of lthn/refusals.py (status, `X-LTHN-Status`, one-line body):
+What the generated config does, in rule order (docs/design.md, issues #4, #10, #15);
+every refusal answers its row of lthn/refusals.py (status, `X-LTHN-Status`, one line):
 1. non-standard method -> 403 BAD_METHOD;
 2. no payment header -> 403 NO_PAYMENT; several different values or not 16 hex -> 403
    BAD_AUTHID (`X-LTHN-PaymentID`, legacy `X-ITNS-PaymentID`, case-insensitive, upper-cased);
 3. the status request (host `_remote_` / `remote.lethean`, path `/status...`) -> authd;
 4. authid not in the runtime map (`contract.authid_map_path`) -> 403 NO_PAYMENT;
-5. squid-internal URLs, IP literals in denied ranges, CONNECT to other ports -> 403
-   DENY_DESTINATION (squid checks again after name resolution);
+5. destinations, before any name is looked up: a name that cannot be one -> 400 BAD_HOST;
+   squid-internal URLs, schemes other than http(s), IP literals in the ranges of
+   lthn/destination_policy.py or the node's own addresses (a runtime ACL) -> 403
+   DENY_DESTINATION; a port outside `proxy.http_ports` (`connect_ports` for CONNECT) ->
+   403 DENY_PORT (squid checks again after name resolution);
 6. every X-LTHN-* / X-ITNS-* header removed, the authid tracked in the stick table,
-   the request forwarded to squid; squid's own destination refusal becomes DENY_DESTINATION.
+   the request forwarded to squid; every answer squid made itself (refusal or failure,
+   told by its X-LTHN-Squid mark) becomes its catalogue row, and haproxy's own 5xx too.
 Admitted requests are tracked in haproxy's stick tables (by authid, and by client
 connection so sessiond can find the streams to cut) and not logged: they cost no daemon
 any work (#16). Every refusal is logged at once (`option logasap`) as one raw datagram in
-the format lthn/haproxy/request_log.py parses, to authd. What other daemons rely on
-(tables, log format and port, map, admin socket) is named in lthn/haproxy/contract.py,
-not here.
+the format lthn/haproxy/request_log.py parses, to authd, squid's refusals and failures of
+admitted requests included; what never became a request (a failed TLS handshake, an
+unparsable request) through error-log-format. What other daemons rely on (tables, log
+format and port, map, admin socket) is named in lthn/haproxy/contract.py, not here.
 """
-
 from __future__ import annotations
 
 import os
 
+from lthn import destination_policy as policy
 from lthn import refusals
 from lthn.config import Config
 from lthn.haproxy import contract
@@ -33,6 +38,7 @@ from services.proxy import destinations, squid_config
 STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
                     "PATCH")
 STATUS_HOSTS = ("_remote_", "remote.lethean")
+OLD_WORKER_SECONDS = 30
 
 def backend_address(config: Config) -> str:
     return f"127.0.0.1:{config.proxy.squid_port}" if config.proxy.backend == "squid" \
@@ -52,14 +58,25 @@ def _refuse(refusal: Refusal, condition: str, rule: str = "http-request") -> lis
     ]
 
 
-def _destination_rules(config: Config, own: list[str] | None) -> list[str]:
+def _destination_rules(config: Config) -> list[str]:
     """Rules 5: refuse what is refused without resolving names (squid does the rest)."""
+    http_ports = " ".join(str(low) if low == high else f"{low}:{high}"
+                          for low, high in destinations.http_ports(config))
     lines = [
-        "    # --- destinations (issue #10): squid checks again after name resolution ---",
+        "    # --- destinations (issues #10, #15): squid checks again after name resolution ---",
+        "    # a name no resolver may be asked for: a label over 63 characters, a name over 253",
+        f"    acl dest_name_too_long var(txn.dhost) -m len gt {policy.MAX_NAME}",
+        f"    acl dest_label_too_long var(txn.dhost) -m reg [^.]{{{policy.MAX_LABEL + 1}}}",
+        "    acl url_has_scheme url -m reg ^[a-zA-Z][a-zA-Z0-9+.-]*:",
+        "    acl url_web_scheme url -m reg -i ^https?://",
         "    acl squid_internal path_beg -i /squid-internal-",
         "    acl squid_internal url_beg -i cache_object:",
+        "    # every range of lthn/destination_policy.py, and the node's own addresses (a",
+        "    # file lthn-haproxy keeps equal to the machine's, at runtime too)",
         "    acl dest_denied_ip var(txn.dhost) -m ip "
-        + " ".join(destinations.denied_networks(config, own)),
+        + " ".join(destinations.denied_networks(config)),
+        "    acl dest_own_ip var(txn.dhost) -m ip -f "
+        + str(destinations.own_addresses_path(config, "haproxy")),
         "    # all-numeric hosts that are not plain addresses (127.1, 2130706433, 0x7f.1):",
         "    # resolvers disagree on them, so they are refused rather than guessed",
         "    acl dest_numeric var(txn.dhost) -m reg -i "
@@ -67,6 +84,7 @@ def _destination_rules(config: Config, own: list[str] | None) -> list[str]:
         "    acl dest_is_ip var(txn.dhost) -m ip 0.0.0.0/0 ::/0",
         "    acl connect_port var(txn.dport) -m int "
         + " ".join(str(p) for p in destinations.connect_ports(config)),
+        f"    acl http_port var(txn.dport) -m int {http_ports}",
     ]
     domains = destinations.denied_domains(config)
     if domains:
@@ -83,12 +101,81 @@ def _destination_rules(config: Config, own: list[str] | None) -> list[str]:
         ]
     lines.append("    acl excepted var(txn.excepted) -m bool")
     deny = Refusal.DENY_DESTINATION
+    lines += _refuse(Refusal.BAD_HOST, "dest_name_too_long || dest_label_too_long")
     lines += _refuse(deny, "squid_internal")
-    lines += _refuse(deny, "dest_denied_ip !excepted")
+    lines += _refuse(deny, "!METH_CONNECT url_has_scheme !url_web_scheme")
+    lines += _refuse(deny, "dest_denied_ip !excepted || dest_own_ip !excepted")
     lines += _refuse(deny, "dest_numeric !dest_is_ip")
     if domains:
         lines += _refuse(deny, "dest_denied_domain !excepted")
-    lines += _refuse(deny, "METH_CONNECT !connect_port !excepted")
+    # haproxy never resolves a name: a port is refused before squid would look one up
+    lines += _refuse(Refusal.DENY_PORT, "METH_CONNECT !connect_port !excepted")
+    lines += _refuse(Refusal.DENY_PORT, "!METH_CONNECT !http_port !excepted")
+    return lines
+
+
+def _squid_answers() -> list[str]:
+    """squid's refusals and failures (its X-LTHN-Squid marker, squid_config.py), each
+    answered with its row of the catalogue; a destination's own answer passes."""
+    marker = squid_config.MARKER_HEADER
+    lines = [
+        "    # squid marks every reply with its error code and hierarchy code: `- HIER_DIRECT`",
+        "    # is a destination's answer. An error squid made early has no mark, or `-` with",
+        "    # no server (HIER_NONE): then its X-Squid-Error names it (squid_config.py)",
+        f"    acl squid_marked res.hdr_cnt({marker}) gt 0",
+        f"    acl squid_code res.hdr({marker}) -m reg ^[^-]",
+        f"    acl squid_no_server res.hdr({marker}) -m end HIER_NONE",
+        "    acl squid_error res.hdr_cnt(x-squid-error) gt 0",
+        f"    http-response set-var(txn.answered_by) res.hdr({marker}) if squid_marked",
+        "    http-response set-var(txn.answered_by) res.hdr(x-squid-error) "
+        "if squid_error !squid_marked || squid_error !squid_code squid_no_server",
+        f"    http-response del-header {marker}",
+        "    # nothing of ours comes from a destination (it could pose as the node)",
+        "    http-response del-header ^x-(lthn|itns)- -m reg",
+    ]
+    for refusal, markers in squid_config.answers().items():
+        name = f"squid_{refusal.code.lower()}"
+        lines.append(f"    acl {name} var(txn.answered_by) -m reg "
+                     + squid_config.marker_regex(markers))
+        lines += _refuse(refusal, name, rule="http-response")
+    lines.append("    acl squid_made var(txn.answered_by) -m reg ^(ERR_|[0-9]+:)")
+    lines += _refuse(Refusal.PROXY_ERROR, "squid_made", rule="http-response")
+    return lines
+
+
+def _client_cache_control(config: Config) -> list[str]:
+    """The client's own Cache-Control, for squid to send instead of its own (squid adds
+    max-age=259200 to every request; squid_config.py). Two headers are joined; a third
+    and later ones are dropped (squid would have merged them all into one)."""
+    if config.proxy.backend != "squid":
+        return []
+    header = squid_config.CLIENT_CC_HEADER
+    return [
+        "    acl client_cc_one req.hdr_cnt(cache-control) eq 1",
+        "    acl client_cc_more req.hdr_cnt(cache-control) gt 1",
+        f"    http-request set-header {header} %[req.fhdr(cache-control,1)] if client_cc_one",
+        f'    http-request set-header {header} "%[req.fhdr(cache-control,1)], '
+        '%[req.fhdr(cache-control,-1)]" if client_cc_more',
+    ]
+
+
+# what haproxy itself answers when it cannot get an answer from squid (issue #15)
+OWN_ERRORS = {500: Refusal.PROXY_ERROR, 502: Refusal.PROXY_ERROR, 503: Refusal.UNAVAILABLE,
+              504: Refusal.DESTINATION_TIMEOUT}
+
+
+def _own_errors() -> list[str]:
+    lines = []
+    for status, refusal in OWN_ERRORS.items():
+        lines.append(f"    http-error status {status} content-type text/plain string "
+                     f'"{refusal.text}\\n" hdr {refusals.HEADER} {refusal.code}')
+    lines += [
+        "    # haproxy 2.6 cannot put our header in the 400 and 408 it answers itself to a",
+        "    # request it cannot parse or that is not complete in time, and its page names",
+        "    # it: the connection is closed without an answer; error-log-format reports it",
+        "    errorfile 400 /dev/null",
+        "    errorfile 408 /dev/null",
+    ]
     return lines
 
 
@@ -102,8 +189,9 @@ def _threads(cpus: int) -> list[str]:
             "    nbthread 1"]
 
 
-def render(config: Config, own_addresses: list[str] | None = None) -> str:
-    """The whole haproxy.cfg. `own_addresses` defaults to the node's interface addresses."""
+def render(config: Config) -> str:
+    """The whole haproxy.cfg. The own-addresses file (`destinations.own_addresses_path`)
+    and the authid map must exist before haproxy reads it."""
     p = config.proxy
     methods = " ".join(STANDARD_METHODS)
     lines = [
@@ -118,12 +206,20 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "    # a second haproxy on the same port must fail loudly, never serve a stale map",
         "    noreuseport",
         *_threads(os.cpu_count() or 1),
+        "    # a reload (master-worker, SIGUSR2) hands the listening sockets to the new worker;",
+        "    # the old one finishes its requests, and its tunnels end after this long (#15)",
+        f"    hard-stop-after {OLD_WORKER_SECONDS}s",
         "",
         "defaults",
         "    mode http",
         "    log global",
         "    option logasap",
         f'    log-format "{contract.LOG_FORMAT}"',
+        "    # a failed TLS handshake, an unreadable or incomplete request (no stream, so",
+        "    # the format above cannot run): one line all the same, with its code (#15)",
+        f'    error-log-format "{contract.ERROR_LOG_FORMAT}"',
+        "    # a connection that sends nothing (a browser's preconnect) is not an error",
+        "    option http-ignore-probes",
         "    timeout connect 10s",
         "    timeout client 60s",
         "    timeout server 60s",
@@ -133,6 +229,7 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "    timeout server-fin 10s",
         "    # an open CONNECT tunnel may stay quiet for long; sessiond cuts it when unpaid",
         "    timeout tunnel 2h",
+        *_own_errors(),
         "",
         "frontend lthn_proxy",
         f"    bind {p.bind}:{p.port} ssl crt {config.certificate_path} alpn http/1.1",
@@ -145,6 +242,7 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         "    acl dest_has_port var(txn.dest) -m reg :[0-9]+$",
         "    http-request set-var(txn.dport) int(80)",
         "    http-request set-var(txn.dport) int(443) if METH_CONNECT",
+        "    http-request set-var(txn.dport) int(443) if { url -m reg -i ^https:// }",
         '    http-request set-var(txn.dport) "var(txn.dest),regsub(\'^.*:([0-9]+)\\$\','
         '\'\\\\1\')" if dest_has_port',
         '    http-request set-var(txn.dhost) "var(txn.dest),regsub(\':[0-9]+\\$\',\'\'),'
@@ -185,25 +283,30 @@ def render(config: Config, own_addresses: list[str] | None = None) -> str:
         f"    acl paid var(txn.authid),map({authid_map_path(config)}) -m found",
         *_refuse(Refusal.NO_PAYMENT, "!paid"),
         "",
-        *_destination_rules(config, own_addresses),
+        *_destination_rules(config),
         "",
         "    # --- admitted: nothing of ours leaves the node (issue #4); tracked by authid and",
         "    # client connection for sessiond, not logged (issue #16) ---",
         "    http-request del-header ^x-(lthn|itns)- -m reg",
+        *_client_cache_control(config),
         *(f"    {line}" for line in contract.admitted_rules()),
         "    use_backend lthn_status if status_host status_path",
         "    default_backend lthn_upstream",
         "",
         "backend lthn_upstream",
         f"    server upstream {backend_address(config)}",
-        "    # squid refused the destination after resolving it (see squid_config.py); every",
-        "    # http_access deny there is a destination rule, so its standard page counts too",
-        "    acl squid_denied_destination res.hdr(x-squid-error) -m beg "
-        f"{squid_config.DENY_PAGE} {squid_config.STANDARD_DENY_PAGE}",
-        *_refuse(Refusal.DENY_DESTINATION, "squid_denied_destination", rule="http-response"),
+        *_squid_answers(),
         "",
         "backend lthn_status",
         f"    server authd 127.0.0.1:{p.status_port}",
+        "    # a status answer that refuses for another reason than the client's waiting for",
+        "    # its payment (BAD_ID, CONNECTION_ERROR) is a refusal, logged (issue #15)",
+        f"    acl status_refused res.hdr({refusals.HEADER}) -m found",
+        f"    acl status_waiting res.hdr({refusals.HEADER}) -m str {Refusal.NO_PAYMENT.code}",
+        f"    http-response set-var(txn.reason) res.hdr({refusals.HEADER}) "
+        "if !{ status 200 } status_refused !status_waiting",
+        "    http-response set-log-level info if !{ status 200 } status_refused "
+        "!status_waiting",
         "",
         f"backend {contract.STICK_TABLE}",
         f"    {contract.stick_table_definition(config)}",

@@ -1,21 +1,20 @@
-"""lthn-squid: write squid.conf, then run squid (foreground, `-N`) as its child, for
-supervisord; signals are passed on, and squid ends when lthn-squid or supervisord does."""
+"""lthn-squid: write squid.conf, then run squid (foreground, `-N`) as this process's child
+(services/proxy/foreground.py). A reload (SIGHUP) and a change of the machine's addresses
+both end in a squid reconfigure (SIGHUP to squid): it re-reads squid.conf and the
+own-addresses file, keeping the connections it serves."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from lthn.config import Config
 from lthn.exits import EXIT_OK
 from lthn.files import write_atomically
-from lthn.refusals import Refusal
 from lthn.stop_signals import StopSignals
-from services.proxy import foreground, squid_config
+from services.proxy import destinations, foreground, squid_config
 
 log = logging.getLogger(__name__)
 SQUID = "squid"
@@ -25,63 +24,80 @@ class HostsFileError(Exception):
     """squid could not read the configured hosts file (it reads it as its own user)."""
 
 
-def prepare(config: Config) -> Path:
-    run = config.state / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    os.chmod(run, 0o700)
-    user = squid_config.effective_user()
-    hosts = Path(config.proxy.hosts_file or "/etc/hosts")
-    if not squid_config.readable_by(hosts, user):
-        # unreadable, squid would silently ask DNS for every name in it (issue #10)
-        raise HostsFileError(f"proxy.hosts_file: squid runs as user {user or 'you'} and "
-                             f"cannot read {hosts}; make it and its directories readable")
-    sp = squid_config.paths(config)
-    own_page = squid_config.reachable_by(sp.errors, user)
-    if own_page:
-        squid_config.prepare(config, user)
-    else:
-        log.warning("squid: user %s cannot enter %s; refusals use squid's standard "
-                    "%s page (haproxy still answers %s)", user, config.state,
-                    squid_config.STANDARD_DENY_PAGE, Refusal.DENY_DESTINATION.code)
-    # squid never reads a half-written file
-    write_atomically(sp.config, squid_config.render(config, user=user, own_error_page=own_page),
-                     mode=0o644)
-    return sp.config
+class Squid(foreground.ForegroundProgram):
+    name = SQUID
+    config_errors = (HostsFileError,)
+    failures = (OSError,)
 
+    def config_path(self) -> Path:
+        return squid_config.config_path(self.config)
 
-def check(path: Path) -> tuple[bool, str]:
-    result = subprocess.run([SQUID, "-k", "parse", "-f", str(path)], capture_output=True,
-                            text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    problems = [x for x in lines if "FATAL" in x or "ERROR" in x]
-    return result.returncode == 0 and not problems, "\n".join(problems or lines[-5:])
+    def own_path(self) -> Path:
+        return destinations.own_addresses_path(self.config, SQUID)
+
+    def write(self, addresses: list[str], path: Path) -> None:
+        self.check_inputs()
+        # squid reads these as root (at start and at a reconfigure), never half-written
+        write_atomically(self.own_path(), destinations.own_address_lines(addresses),
+                         mode=0o600)
+        self.write_config(path)
+
+    def check_inputs(self) -> None:
+        config = self.config
+        user = squid_config.effective_user()
+        hosts = Path(config.proxy.hosts_file or "/etc/hosts")
+        if not squid_config.readable_by(hosts, user):
+            # unreadable, squid would silently ask DNS for every name in it (issue #10)
+            raise HostsFileError(f"proxy.hosts_file: squid runs as user {user or 'you'} and "
+                                 f"cannot read {hosts}; make it and its directories readable")
+
+    def write_config(self, path: Path) -> None:
+        write_atomically(path, squid_config.render(self.config,
+                                                   user=squid_config.effective_user()),
+                         mode=0o600)
+
+    def check(self, path: Path) -> tuple[bool, str]:
+        result = subprocess.run([SQUID, "-k", "parse", "-f", str(path)], capture_output=True,
+                                text=True, check=False)
+        lines = (result.stdout + result.stderr).splitlines()
+        problems = [x for x in lines if "FATAL" in x or "ERROR" in x]
+        return result.returncode == 0 and not problems, "\n".join(problems or lines[-5:])
+
+    def command(self, path: Path) -> list[str]:
+        # no disk cache, so no `squid -z`; -d 1 sends squid's log to stderr for supervisord
+        return [SQUID, "-N", "-d", "1", "-f", str(path)]
+
+    def reload_child(self, child: subprocess.Popen) -> None:
+        child.send_signal(signal.SIGHUP)   # squid -k reconfigure
+        log.info("squid: reconfiguring with the new config")
+
+    def addresses_changed(self, addresses: list[str], child: subprocess.Popen) -> None:
+        write_atomically(self.own_path(), destinations.own_address_lines(addresses),
+                         mode=0o600)
+        child.send_signal(signal.SIGHUP)
+        log.info("squid: reconfiguring for the machine's new addresses")
 
 
 def _idle_until_stopped() -> None:
     """Stay up doing nothing, so supervisord shows the program RUNNING, not FATAL."""
     signals = StopSignals().install((signal.SIGTERM, signal.SIGINT))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload: still nothing to do
     while not signals.stop_asked:
         time.sleep(0.5)  # the handlers only record; looked at twice a second
 
 
-PROGRAM = foreground.ForegroundProgram(
-    SQUID, prepare, check,
-    # no disk cache, so no `squid -z`; -d 1 sends squid's log to stderr for supervisord
-    command=lambda path: [SQUID, "-N", "-d", "1", "-f", str(path)],
-    config_errors=(HostsFileError,), failures=(OSError,),
-    # a child, not an exec: squid's change of user would undo die_with_supervisord (#14)
-    as_child=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args, config = foreground.parse(
-        "Write the node's squid config, then run squid in the foreground.", argv)
+        "Write the node's squid config, then run squid as a child that follows reloads and "
+        "address changes.", argv)
     if config.proxy.backend != "squid":
         log.info("squid: not needed, proxy.backend is %s", config.proxy.backend)
-        if not args.test:
+        if not (args.test or args.check_reload):
             _idle_until_stopped()
         return EXIT_OK
-    return PROGRAM.run(config, args.test)
+    if args.check_reload:
+        return Squid(config).check_reload()
+    return Squid(config).run(args.test)
 
 
 if __name__ == "__main__":

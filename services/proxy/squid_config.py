@@ -1,57 +1,100 @@
 """Renders squid.conf from the node config: the loopback forward proxy behind haproxy.
 
-squid is where destination safety holds after name resolution (issue #10): `dst` ACLs
-resolve the request's host (plain HTTP and CONNECT alike) and refuse loopback, private,
-link-local, multicast and the node's own addresses, plus the operator's ranges and
-domains. Refusals use our error page (`DENY_PAGE`, its text from lthn/refusals.py), so
-haproxy can tell them from other errors by squid's `X-Squid-Error` header and answer
-DENY_DESTINATION.
+squid is where destination safety holds after name resolution (issues #10, #15): `dst`
+ACLs resolve the request's host (plain HTTP and CONNECT alike) and refuse every range of
+lthn/destination_policy.py and the node's own addresses (a file that follows them while
+squid runs), plus the operator's ranges and domains; ports are checked as in haproxy.
+
+What squid says goes through haproxy, which answers the client itself (issue #15):
+- every reply gets `X-LTHN-Squid: <squid's error code> <hierarchy code>` (`- HIER_DIRECT`
+  for a destination's own answer); squid drops that header from what a destination
+  sends first, so a destination cannot pretend to be squid. A reply without it (a failed
+  CONNECT), or with `- HIER_NONE` (no error code recorded and no server asked: an
+  invalid request), squid made early: its `X-Squid-Error` names the error. A refusal
+  here is a `deny_info` redirect whose code is `302:http://refused.lthn.invalid/<code>`
+  (no error page files needed);
+- haproxy turns each squid error into its row of lthn/refusals.py (`answers()`), and
+  deletes the header;
+- nothing of squid reaches the client or the destination: no X-Cache headers, no Via,
+  no X-Forwarded-For, and no `Cache-Control: max-age=259200` added toward the origin
+  (haproxy hands the client's own Cache-Control over in X-LTHN-Client-CC; squid sends
+  exactly that, or none).
 """
 
 from __future__ import annotations
 
 import grp
-import html
 import os
 import pwd
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from lthn.config import Config
 from lthn.refusals import Refusal
 from services.proxy import destinations
 
-SYSTEM_TEMPLATES = Path("/usr/share/squid/errors/templates")
 DEFAULT_USER = "proxy"  # squid refuses to run as root; Debian's squid user
-# squid's own page for `http_access deny`; haproxy reads it as a destination refusal too
-STANDARD_DENY_PAGE = "ERR_ACCESS_DENIED"
+MARKER_HEADER = "X-LTHN-Squid"
+CLIENT_CC_HEADER = "X-LTHN-Client-CC"
+REFUSAL_URL = "http://refused.lthn.invalid/"
+
+# squid's error names (its templates) -> what the client is told; anything else that
+# squid makes is PROXY_ERROR
+SQUID_ERRORS: dict[str, Refusal] = {
+    "ERR_ACCESS_DENIED": Refusal.DENY_DESTINATION,
+    "ERR_CACHE_MGR_ACCESS_DENIED": Refusal.DENY_DESTINATION,
+    "ERR_DNS_FAIL": Refusal.DNS_FAILURE,
+    # squid 5.7 reports a name that does not resolve as a read error from no server
+    "ERR_READ_ERROR HIER_NONE": Refusal.DNS_FAILURE,
+    "ERR_CONNECT_FAIL": Refusal.CONNECT_FAILED,
+    "ERR_SECURE_CONNECT_FAIL": Refusal.CONNECT_FAILED,
+    "ERR_CANNOT_FORWARD": Refusal.CONNECT_FAILED,
+    "ERR_READ_TIMEOUT": Refusal.DESTINATION_TIMEOUT,
+    "ERR_LIFETIME_EXP": Refusal.DESTINATION_TIMEOUT,
+    "ERR_GATEWAY_FAILURE": Refusal.DESTINATION_TIMEOUT,
+    "ERR_READ_ERROR": Refusal.DESTINATION_ERROR,
+    "ERR_WRITE_ERROR": Refusal.DESTINATION_ERROR,
+    "ERR_ZERO_SIZE_OBJECT": Refusal.DESTINATION_ERROR,
+    "ERR_INVALID_RESP": Refusal.DESTINATION_ERROR,
+    "ERR_TOO_BIG": Refusal.DESTINATION_ERROR,
+    "ERR_INVALID_REQ": Refusal.BAD_REQUEST,
+    "ERR_INVALID_URL": Refusal.BAD_REQUEST,
+    "ERR_UNSUP_REQ": Refusal.BAD_REQUEST,
+    "ERR_UNSUP_HTTPVERSION": Refusal.BAD_REQUEST,
+    "ERR_PROTOCOL_UNKNOWN": Refusal.BAD_REQUEST,
+    "ERR_CONFLICT_HOST": Refusal.BAD_REQUEST,
+    "ERR_SHUTTING_DOWN": Refusal.UNAVAILABLE,
+}
 
 
-def error_page_name(refusal: Refusal) -> str:
-    """The name of our squid error page for a refusal (sent back in `X-Squid-Error`)."""
-    return f"ERR_LTHN_{refusal.code}"
+def refusal_marker(refusal: Refusal) -> str:
+    """How `X-LTHN-Squid` begins when squid refused with our deny_info for `refusal`."""
+    return f"302:{REFUSAL_URL}{refusal.code}"
 
 
-def error_page_text(refusal: Refusal) -> str:
-    return ("<!DOCTYPE html>\n<html><head><title>Access denied</title></head>\n"
-            f"<body><p>{html.escape(refusal.text)}</p></body></html>\n")
+def answers() -> dict[Refusal, list[str]]:
+    """For haproxy: each refusal and how the squid error codes that mean it begin (the
+    code is followed by a space and the hierarchy code, or by nothing), in the order
+    they must be tried (the DNS failure's read error before other read errors)."""
+    out: dict[Refusal, list[str]] = {}
+    for refusal in (Refusal.DENY_DESTINATION, Refusal.DENY_PORT):
+        out.setdefault(refusal, []).append(refusal_marker(refusal))
+    for name, refusal in SQUID_ERRORS.items():
+        out.setdefault(refusal, []).append(name)
+    return out
 
 
-DENY_PAGE = error_page_name(Refusal.DENY_DESTINATION)
+def marker_regex(markers: list[str]) -> str:
+    """A regex matching an error code that is one of `markers`, then a space or the end;
+    without a backslash or a space, which haproxy's config parser would take."""
+    space = "[[:space:]]"
+    escaped = [m.replace(".", "[.]").replace(" ", space) for m in markers]
+    return "^(" + "|".join(escaped) + f")({space}|$)"
 
 
-@dataclass(frozen=True)
-class SquidPaths:
-    config: Path        # the rendered squid.conf (in the private run dir)
-    directory: Path     # squid's own dir for our error page (owned by squid's user)
-    errors: Path
-
-
-def paths(config: Config) -> SquidPaths:
-    directory = config.state / "squid"
-    return SquidPaths(config=config.state / "run" / "squid.conf", directory=directory,
-                      errors=directory / "errors")
+def config_path(config: Config) -> Path:
+    """The rendered squid.conf (in the private run dir: squid reads it as root)."""
+    return config.state / "run" / "squid.conf"
 
 
 def effective_user() -> str | None:
@@ -87,20 +130,21 @@ def readable_by(path: Path, user: str | None) -> bool:
         path, user, (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH))
 
 
-def render(config: Config, own_addresses: list[str] | None = None,
-           user: str | None = None, own_error_page: bool = True) -> str:
+def _ranges(ranges: list[tuple[int, int]]) -> str:
+    return " ".join(str(low) if low == high else f"{low}-{high}" for low, high in ranges)
+
+
+def render(config: Config, user: str | None = None) -> str:
     """squid.conf. Logs go to stderr (`squid -N -d 1`) for supervisord; no pid file, no
-    access log (nothing kept of what clients fetch), no disk cache. Without
-    `own_error_page` (squid's user cannot reach the state dir) refusals use squid's
-    standard page (STANDARD_DENY_PAGE), which haproxy also reads as DENY_DESTINATION."""
+    access log (nothing kept of what clients fetch), no disk cache. The own-addresses
+    file (`destinations.own_addresses_path`) must exist before squid reads this."""
     p = config.proxy
-    sp = paths(config)
-    denied = destinations.denied_networks(config, own_addresses)
+    denied = destinations.denied_networks(config)
     domains = destinations.denied_domains(config)
-    page = DENY_PAGE if own_error_page else STANDARD_DENY_PAGE
+    own = destinations.own_addresses_path(config, "squid")
     lines = [
         "# Generated by lthn-squid from " + (config.source or "the node config")
-        + "; edits are lost at the next start.",
+        + "; edits are lost at the next start or reload.",
         f"http_port 127.0.0.1:{p.squid_port}",
         "pid_filename none",
         "cache_log /dev/null",
@@ -108,8 +152,6 @@ def render(config: Config, own_addresses: list[str] | None = None,
         "coredump_dir none",
         f"hosts_file {p.hosts_file or '/etc/hosts'}",
     ]
-    if own_error_page:
-        lines.append(f"error_directory {sp.errors}")
     if p.dns_servers:
         lines.append("dns_nameservers " + " ".join(p.dns_servers))
     if user:
@@ -120,8 +162,6 @@ def render(config: Config, own_addresses: list[str] | None = None,
         "cache_mem 8 MB",
         "visible_hostname lethean-exit",
         "httpd_suppress_version_string on",
-        "forwarded_for delete",
-        "via off",
         "shutdown_lifetime 1 seconds",
         "# squid talks to nothing but the destinations clients ask for",
         "pinger_enable off",
@@ -129,10 +169,26 @@ def render(config: Config, own_addresses: list[str] | None = None,
         "icp_port 0",
         "htcp_port 0",
         "",
+        "# nothing tells a destination or a client that squid is here (issue #15)",
+        "forwarded_for delete",
+        "via off",
+        "reply_header_access X-Cache deny all",
+        "reply_header_access X-Cache-Lookup deny all",
+        f"acl lthn_client_cc req_header {CLIENT_CC_HEADER} .",
+        f"request_header_access {CLIENT_CC_HEADER} deny all",
+        "# squid adds max-age=259200 to every request's Cache-Control: send the client's",
+        "request_header_access Cache-Control deny all",
+        f"request_header_add Cache-Control \"%'{{{CLIENT_CC_HEADER}}}>h\" lthn_client_cc",
+        "# squid's own error code on every reply, for haproxy; never a destination's",
+        f"reply_header_access {MARKER_HEADER} deny all",
+        f'reply_header_add {MARKER_HEADER} "%err_code %Sh" all',
+        "",
         "acl CONNECT method CONNECT",
         "acl lthn_internal urlpath_regex ^/squid-internal-",
         "acl lthn_connect_ports port " + " ".join(map(str, destinations.connect_ports(config))),
+        "acl lthn_http_ports port " + _ranges(destinations.http_ports(config)),
         "acl lthn_denied_dst dst " + " ".join(denied),
+        f'acl lthn_own_dst dst "{own}"',
     ]
     if domains:
         # -n: an IP-literal URL is not reverse-resolved to be compared with names
@@ -143,6 +199,7 @@ def render(config: Config, own_addresses: list[str] | None = None,
         lines.append(f"acl lthn_exception_{i}_host {match}")
         lines.append(f"acl lthn_exception_{i}_port port {exc.port}")
         allows.append(f"http_access allow lthn_exception_{i}_host lthn_exception_{i}_port")
+    deny = refusal_marker(Refusal.DENY_DESTINATION)
     lines += [
         "",
         "# the cache manager and squid's internal URLs are never for clients (issue #10)",
@@ -151,29 +208,16 @@ def render(config: Config, own_addresses: list[str] | None = None,
         "# the operator's exceptions come before the denies",
         *allows,
         "http_access deny CONNECT !lthn_connect_ports",
+        "http_access deny !CONNECT !lthn_http_ports",
         *(["http_access deny lthn_denied_domain"] if domains else []),
         "# dst resolves the host name first: a name pointing inside is refused too",
         "http_access deny lthn_denied_dst",
+        "http_access deny lthn_own_dst",
         "http_access allow all",
         "",
-        f"deny_info {page} lthn_connect_ports lthn_denied_dst lthn_internal manager"
+        f"deny_info {refusal_marker(Refusal.DENY_PORT)} lthn_connect_ports lthn_http_ports",
+        f"deny_info {deny} lthn_denied_dst lthn_own_dst lthn_internal manager"
         + (" lthn_denied_domain" if domains else ""),
         "",
     ]
     return "\n".join(lines)
-
-
-def prepare(config: Config, user: str | None) -> SquidPaths:
-    """Make squid's working dir and error pages (ours plus symlinks to the system's)."""
-    sp = paths(config)
-    sp.errors.mkdir(parents=True, exist_ok=True)
-    for template in SYSTEM_TEMPLATES.iterdir():
-        link = sp.errors / template.name
-        if not link.exists():
-            link.symlink_to(template)
-    (sp.errors / DENY_PAGE).write_text(error_page_text(Refusal.DENY_DESTINATION))
-    if user:
-        entry = pwd.getpwnam(user)
-        for path in (sp.directory, sp.errors, *sp.errors.iterdir()):
-            os.lchown(path, entry.pw_uid, entry.pw_gid)
-    return sp

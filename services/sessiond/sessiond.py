@@ -68,6 +68,7 @@ class Sessiond(Daemon):
         self.rebuilt = False
         self.last_poll_ok = clock()
         self.trouble = ""              # the last haproxy problem logged (logged once)
+        self.answered = False          # haproxy has answered once since the start
         self.control.answer(KillSession, self.on_kill)
         # money out and refusals by hand (issue #19): sessiond owns spending and cutting
         self.control.answer(Spend, lambda req, asked: by_hand.spend(ledger, config, req, asked))
@@ -107,9 +108,13 @@ class Sessiond(Daemon):
             live = self.adapter.poll(set(self.book.open))
         except HaproxyTrouble as exc:
             if str(exc) != self.trouble:
-                log.warning("haproxy: %s; retrying every tick", exc)
+                # at the node's start haproxy comes up after sessiond: no warning until it
+                # has answered once (issue #15)
+                level = logging.WARNING if self.answered else logging.INFO
+                log.log(level, "haproxy: %s; retrying every tick", exc)
                 self.trouble = str(exc)
             return None
+        self.answered = True
         if self.trouble:
             log.info("haproxy: answering again")
             self.trouble = ""

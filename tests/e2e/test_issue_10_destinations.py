@@ -2,7 +2,10 @@
 
 One node for the module, with a hosts file for squid (names pointing at loopback and
 into a network namespace this test makes), an extra denied range and a denied domain.
-Traffic goes only to 127.0.0.0/8 and to the namespace (198.51.100.0/24, TEST-NET-2).
+Traffic goes only to 127.0.0.0/8 and to the namespace. Its addresses must be global ones
+(every documentation range is refused since issue #15): 192.88.99.0/26, from the
+deprecated 6to4 relay anycast block nobody answers on any more; the fixture makes sure
+the route to them is the namespace's before anything is sent.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import pytest
 
 from tests.fixtures.common import free_port, wait_for
 
-NS_LINK = "198.51.100.1"       # the node's end of the veth pair
-NS_DENIED = "198.51.100.2"     # inside the configured deny range 198.51.100.0/25
-NS_ALLOWED = "198.51.100.130"  # outside it: reachable (the control)
+NS_LINK = "192.88.99.1"        # the node's end of the veth pair
+NS_DENIED = "192.88.99.2"      # inside the configured deny range 192.88.99.0/28
+NS_ALLOWED = "192.88.99.40"    # outside it: reachable (the control)
+NS_DENY_RANGE = "192.88.99.0/28"
+NS_PREFIX = 26
 NS_PORT = 8080
 
 _NS_SERVER = """
@@ -57,10 +62,10 @@ def namespace(tmp_path_factory) -> Iterator[Path]:
         _ip("netns", "add", ns)
         _ip("link", "add", near, "type", "veth", "peer", "name", far)
         _ip("link", "set", far, "netns", ns)
-        _ip("addr", "add", f"{NS_LINK}/24", "dev", near)
+        _ip("addr", "add", f"{NS_LINK}/{NS_PREFIX}", "dev", near)
         _ip("link", "set", near, "up")
         for address in (NS_DENIED, NS_ALLOWED):
-            _ip("netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", far)
+            _ip("netns", "exec", ns, "ip", "addr", "add", f"{address}/{NS_PREFIX}", "dev", far)
         _ip("netns", "exec", ns, "ip", "link", "set", far, "up")
         _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
         with open(log, "w") as out:
@@ -68,6 +73,11 @@ def namespace(tmp_path_factory) -> Iterator[Path]:
                                      str(NS_PORT), NS_DENIED, NS_ALLOWED], stdout=out,
                                     stderr=subprocess.STDOUT)
         wait_for(lambda: "ready" in log.read_text(), timeout=10, what="namespace origin up")
+        for address in (NS_DENIED, NS_ALLOWED):
+            # global addresses: nothing may be sent unless they route into the namespace
+            route = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True,
+                                   text=True, timeout=10, check=True).stdout
+            assert f'"dev":"{near}"' in route, route
         yield log
     finally:
         if proc is not None:
@@ -98,7 +108,7 @@ def hosts_file() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def pn(proxy_node_factory, namespace, hosts_file):
     return proxy_node_factory({"proxy": {"hosts_file": str(hosts_file),
-                                         "deny_networks": ["198.51.100.0/25"],
+                                         "deny_networks": [NS_DENY_RANGE],
                                          "deny_domains": ["blocked.test"]}})
 
 
@@ -175,11 +185,13 @@ def test_issue_10_squid_internal_urls_are_refused(pn, paid, namespace, target):
 
 
 def test_issue_10_cache_manager_scheme_never_reaches_squid(pn, paid, namespace):
-    """haproxy's parser itself rejects a cache_object: URI (400) before any rule runs."""
+    """haproxy's parser itself rejects a cache_object: URI before any rule runs: since
+    issue #15 it closes the connection without its own 400 page, and logs BAD_REQUEST."""
     before = len(_requests_seen(namespace))
-    answer = pn.client.request("GET", "cache_object://localhost/info", authid=paid)
-    assert answer.status in (400, 403), answer
-    assert answer.status == 400 or answer.lthn_status == "DENY_DESTINATION"
+    with pytest.raises(ConnectionError):
+        pn.client.request("GET", "cache_object://localhost/info", authid=paid)
+    event = pn.wait_refusal("BAD_REQUEST", "")
+    assert event.source == "127.0.0.1"
     assert len(_requests_seen(namespace)) == before
 
 
@@ -210,7 +222,9 @@ def test_issue_10_connect_only_to_443_and_denied_domains(pn, paid, namespace):
     before = len(_requests_seen(namespace))
     answer, sock, _ = pn.client.tunnel(f"ns-allowed.test:{NS_PORT}", authid=paid)
     sock.close()
-    _assert_refused(pn, paid, answer, f"ns-allowed.test:{NS_PORT}")
+    # a port refusal has its own code since issue #15
+    assert (answer.status, answer.lthn_status) == (403, "DENY_PORT"), answer
+    pn.wait_refusal("DENY_PORT", f"ns-allowed.test:{NS_PORT}")
     answer = pn.client.request("GET", "http://www.blocked.test/", authid=paid)
     _assert_refused(pn, paid, answer, "www.blocked.test")
     assert len(_requests_seen(namespace)) == before

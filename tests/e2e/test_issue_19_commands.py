@@ -225,10 +225,14 @@ def test_reload_checks_the_config_first_then_signals_the_daemons(rig, tmp_path):
     try:
         ran = rig.ctl("reload", "--json")
         assert ran.code == EXIT_OK, ran.stderr
+        # haproxy and squid reload too since issue #15 (the same as `lthn-node reload`)
         assert set(ran.json()["signalled"]) == {"paymentd", "authd_0", "sessiond",
-                                                 "firewalld", "watchd"}
+                                                 "firewalld", "watchd", "squid", "haproxy"}
+        assert ran.json()["restarts"] == [{"setting": "firewall.refusal_threshold",
+                                           "restart": "firewalld"}]
         for program, at in before.items():
-            rig.node.wait_log(program, "firewall changed: restart", after=at)
+            rig.node.wait_log(program, "firewall.refusal_threshold (restart firewalld)",
+                              after=at)
     finally:
         rig.node.write_config()
 

@@ -88,9 +88,17 @@ def test_issue_2_whole_suite_runs_under_supervisord(run_node):
     node.wait_log("busd", "bus: forwarding")
     for daemon in ("paymentd", "authd", "sessiond", "firewalld", "watchd"):
         node.wait_log(daemon, f"{daemon}: ready")
-    # haproxy answers on its admin socket: the real process, not a wrapper, is supervised
+    # haproxy answers on its admin socket: its worker is the child of the master that
+    # lthn-haproxy, the supervised program, runs as its own child (issue #15)
     info = HaproxyAdmin(node.state / "run" / "haproxy-admin.sock").command("show info")
-    assert f"Pid: {node.pid('haproxy')}" in info
+    worker = int(info.split("Pid: ", 1)[1].split()[0])
+    master = parent_pid(worker)
+    assert parent_pid(master) == node.pid("haproxy")
+
+
+def parent_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
 
 
 def test_issue_2_left_out_programs_stay_stopped(run_node):

@@ -118,7 +118,9 @@ def test_issue_4_status_request_answers_the_authids_json(pn, paid, target, host)
     assert (answer.status, answer.lthn_status) == (200, "OK"), answer
     doc = answer.json()
     assert STATUS_KEYS <= set(doc)
-    assert doc["id"] == paid and doc["serviceid"] == "1A" and doc["activated"] is True
+    # upstream's formats for upstream's keys (issue #15)
+    assert doc["id"] == paid and doc["serviceid"] == "1A" and doc["activated"] == "yes"
+    assert answer.header("server") is None
     assert doc["balance_atomic"] > 0 and doc["left"] >= 9 and len(doc["txid"]) == 64
 
 

@@ -1,22 +1,23 @@
-"""Check the config, then ask every running daemon to re-read it (SIGHUP through
-supervisord).
+"""Check the config, then apply it to the running node without a restart: the same as
+`lthn-node reload` (lthn/node/reload.py).
 
-What a daemon applies on reload: the log level; authd also rebuilds haproxy's map from
-the ledger. Every other change is logged by each daemon with the program to restart
-(`lthn-node ctl -c CONFIG restart PROGRAM`); haproxy and squid are rendered at their
-start, so changes to them need that restart too. A config with a mistake stops here
-(exit 2) and nothing is signalled. There is no `lthn-node reload` yet: this is it.
+haproxy and squid check the configs rendered from it first; then every running program
+gets SIGHUP through supervisord: haproxy reloads without refusing a connection, squid
+reconfigures, the daemons read the config again. A setting a reload cannot apply is
+named with the program to restart (`lthn-node ctl -c CONFIG restart PROGRAM`). A config
+with a mistake stops here (exit 2) and nothing is signalled.
 
---json keys: signalled[] (process names), skipped[] (not running).
+--json keys: signalled[] (process names), skipped[] (not running), restarts[] (setting,
+restart).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from lthn.ctl.context import ANSWERING, CommandError, load_config, print_json, supervisor
-from lthn.exits import EXIT_FAILED, EXIT_NOT_ANSWERING, EXIT_OK
-from lthn.node.supervisor_rpc import SupervisorDown, SupervisorFault
+from lthn.ctl.context import CommandError, load_config, print_json
+from lthn.exits import EXIT_OK
+from lthn.node.reload import ReloadError, reload
 
 NAME = "reload"
 
@@ -27,23 +28,16 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)   # a mistake: `Error: ...`, exit 2, nothing signalled
-    rpc = supervisor(config)
     try:
-        processes = [p for p in rpc.processes() if p.group in ANSWERING]
-        signalled, skipped = [], []
-        for p in processes:
-            if p.state != "RUNNING":
-                skipped.append(p.name)
-                continue
-            rpc.signal(p.full_name, "HUP")
-            signalled.append(p.name)
-    except SupervisorDown as exc:
-        raise CommandError(EXIT_NOT_ANSWERING, str(exc)) from None
-    except SupervisorFault as exc:
-        raise CommandError(EXIT_FAILED, f"supervisord: {exc}") from None
+        done = reload(config, args.config)
+    except ReloadError as exc:
+        raise CommandError(exc.code, str(exc)) from None
     if args.json:
-        print_json({"signalled": signalled, "skipped": skipped})
-    else:
-        print(f"{config.source}: OK; asked to reload: {', '.join(signalled) or 'none'}"
-              + (f"; not running: {', '.join(skipped)}" if skipped else ""))
+        print_json({"signalled": done.signalled, "skipped": done.skipped,
+                    "restarts": [{"setting": k, "restart": r} for k, r in done.restarts]})
+        return EXIT_OK
+    print(f"{config.source}: OK; asked to reload: {', '.join(done.signalled) or 'none'}"
+          + (f"; not running: {', '.join(done.skipped)}" if done.skipped else ""))
+    for key, restart in done.restarts:
+        print(f"{key} changed, which a reload cannot apply: restart {restart}")
     return EXIT_OK
