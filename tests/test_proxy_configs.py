@@ -157,7 +157,10 @@ def test_squid_config_orders_exceptions_before_denies(tmp_path):
     order = [i for i, x in enumerate(lines) if x.startswith("http_access")]
     rules = [lines[i] for i in order]
     assert rules[:2] == ["http_access deny manager", "http_access deny lthn_internal"]
-    assert rules[2:4] == ["http_access allow lthn_exception_0_host lthn_exception_0_port",
+    # the operator's deny files (#17) win over the exceptions
+    assert rules[2:4] == ["http_access deny lthn_denied_file_domain",
+                          "http_access deny lthn_denied_file_dst"]
+    assert rules[4:6] == ["http_access allow lthn_exception_0_host lthn_exception_0_port",
                           "http_access allow lthn_exception_1_host lthn_exception_1_port"]
     assert rules[-2:] == ["http_access deny lthn_denied_dst", "http_access allow all"]
     assert "acl lthn_exception_1_host dstdomain -n origin.test" in text

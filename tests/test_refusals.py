@@ -60,7 +60,8 @@ def test_haproxy_answers_every_refusal_as_the_catalogue_says(cfg):
     answers = re.findall(r'return status (\d+) content-type text/plain string "([^"]*)\\n" '
                          r"hdr X-LTHN-Status (\S+) if", text)
     assert {code for _, _, code in answers} == {
-        "BAD_METHOD", "NO_PAYMENT", "BAD_AUTHID", "DENY_DESTINATION"}
+        "BAD_METHOD", "NO_PAYMENT", "BAD_AUTHID", "DENY_DESTINATION", "DENY_SRC_IP",
+        "OVERLIMIT", "BANNED"}
     for status, body, code in answers:
         refusal = Refusal.of(code)
         assert refusal is not None and (int(status), body) == (refusal.http_status, refusal.text)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from lthn.config import Config
 from lthn.files import write_atomically
 from lthn.haproxy.contract import authid_map_path, map_file_text
+from lthn.haproxy.firewall_files import prepare_run_files
 from lthn.ledger import Ledger, LedgerError
 from lthn.tls import CertificateError, CertificateMistake, certificate_problem, ensure_certificates
 from services.proxy import foreground, haproxy_config
@@ -39,10 +41,14 @@ def prepare(config: Config) -> Path:
     ledger = Ledger.open(config.ledger_path)
     try:
         active = ledger.active_authids()
+        bans = {row.ip: row.expires for row in ledger.bans()}
     finally:
         ledger.close()
     # haproxy never reads a half-written file
     write_atomically(authid_map_path(config), map_file_text(active), mode=0o600)
+    # the source lists and bans (#17): firewalld keeps them from here on, without reloads
+    for note in prepare_run_files(config, bans):
+        print(f"lthn-haproxy: {note}", file=sys.stderr)
     path = config_path(config)
     write_atomically(path, haproxy_config.render(config), mode=0o600)
     return path

@@ -7,12 +7,14 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from lthn.config import Config
 from lthn.exits import EXIT_OK
 from lthn.files import write_atomically
+from lthn.haproxy.firewall_files import prepare_run_files
 from lthn.refusals import Refusal
 from lthn.stop_signals import StopSignals
 from services.proxy import foreground, squid_config
@@ -35,6 +37,9 @@ def prepare(config: Config) -> Path:
         # unreadable, squid would silently ask DNS for every name in it (issue #10)
         raise HostsFileError(f"proxy.hosts_file: squid runs as user {user or 'you'} and "
                              f"cannot read {hosts}; make it and its directories readable")
+    # the destination deny files it reads (#17), from the operator's lists
+    for note in prepare_run_files(config, bans=None):
+        print(f"lthn-squid: {note}", file=sys.stderr)
     sp = squid_config.paths(config)
     own_page = squid_config.reachable_by(sp.errors, user)
     if own_page:

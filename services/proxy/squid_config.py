@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lthn.config import Config
+from lthn.haproxy import contract
 from lthn.refusals import Refusal
 from services.proxy import destinations
 
@@ -133,6 +134,11 @@ def render(config: Config, own_addresses: list[str] | None = None,
         "acl lthn_internal urlpath_regex ^/squid-internal-",
         "acl lthn_connect_ports port " + " ".join(map(str, destinations.connect_ports(config))),
         "acl lthn_denied_dst dst " + " ".join(denied),
+        "# the operator's dst_deny.ips / dst_deny.doms (issue #17): files firewalld keeps,",
+        "# re-read when it asks squid to reconfigure; empty files match nothing",
+        f'acl lthn_denied_file_dst dst "{contract.source_acl_path(config, "dst_deny_ips")}"',
+        "acl lthn_denied_file_domain dstdomain -n "
+        f'"{contract.source_acl_path(config, "dst_deny_subdomains")}"',
     ]
     if domains:
         # -n: an IP-literal URL is not reverse-resolved to be compared with names
@@ -148,6 +154,9 @@ def render(config: Config, own_addresses: list[str] | None = None,
         "# the cache manager and squid's internal URLs are never for clients (issue #10)",
         "http_access deny manager",
         "http_access deny lthn_internal",
+        "# the deny files win over the exceptions: they are the operator's \"block it now\"",
+        "http_access deny lthn_denied_file_domain",
+        "http_access deny lthn_denied_file_dst",
         "# the operator's exceptions come before the denies",
         *allows,
         "http_access deny CONNECT !lthn_connect_ports",
@@ -156,7 +165,8 @@ def render(config: Config, own_addresses: list[str] | None = None,
         "http_access deny lthn_denied_dst",
         "http_access allow all",
         "",
-        f"deny_info {page} lthn_connect_ports lthn_denied_dst lthn_internal manager"
+        f"deny_info {page} lthn_connect_ports lthn_denied_dst lthn_internal manager "
+        "lthn_denied_file_dst lthn_denied_file_domain"
         + (" lthn_denied_domain" if domains else ""),
         "",
     ]
