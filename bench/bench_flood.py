@@ -30,6 +30,7 @@ import asyncio
 import multiprocessing
 import os
 import shutil
+import signal
 import ssl
 import sys
 import tempfile
@@ -78,13 +79,16 @@ async def _one_source(source: str, port: int, ctx: ssl.SSLContext, request: byte
             if writer is None:
                 # a few handshakes at a time: 1,000 at once starve everything else
                 async with handshakes:
-                    reader, writer = await asyncio.open_connection(
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(
                         "127.0.0.1", port, ssl=ctx, local_addr=(source, 0),
-                        server_hostname="")
+                        server_hostname=""), max(0.05, stop_at - time.monotonic()))
             budget[0] -= 1
             writer.write(request)
             stats["sent"] += 1
-            head = await reader.readuntil(b"\r\n\r\n")
+            # bounded: a source whose packets nftables drops never hears back, and the
+            # flood must stop on time all the same
+            left = max(0.05, stop_at - time.monotonic())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), left)
             length, code, close = 0, "", False
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
@@ -112,7 +116,7 @@ async def _one_source(source: str, port: int, ctx: ssl.SSLContext, request: byte
                 writer.close()
                 writer = None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ssl.SSLError):
+                ssl.SSLError):   # TimeoutError is an OSError
             stats["errors"] += 1
             writer = None
             await asyncio.sleep(0.01)
@@ -256,6 +260,8 @@ def main() -> int:
     if not 1 <= args.sources <= 2500:
         raise SystemExit("bench: --sources must be 1..2500 (127.1.0.1-127.1.9.250)")
 
+    # a SIGTERM (timeout, Ctrl-C's cousin) still stops the node and its nftables table
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     work = Path(tempfile.mkdtemp(prefix="lthn-bench-flood-"))
     origin = Origin().start()
     authids = [f"1A{i:014X}" for i in range(1, 6)]

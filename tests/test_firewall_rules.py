@@ -215,3 +215,16 @@ def test_haproxy_refuses_an_offender_at_firewalld_thresholds_itself():
     assert ("http-request set-var(txn.banned) bool(true) if src_banned || offences_over "
             "offences_bad_authid ||") in front
     assert "str(BANNED) if banned !never_ban !ban_exempt" in front
+
+
+def test_nftables_changes_only_what_changed():
+    from services.firewalld.nftables import delta_script
+    applied = {"203.0.113.7": 500.0, "203.0.113.8": 500.0, "2001:db8::1": 500.0}
+    bans = {"203.0.113.7": 500.0, "203.0.113.8": 900.0, "203.0.113.9": 300.0}
+    script = delta_script("t", applied, bans, 100.0)
+    assert script == ("delete element inet t banned4 { 203.0.113.8 }\n"
+                      "add element inet t banned4 { 203.0.113.8 timeout 800s, "
+                      "203.0.113.9 timeout 200s }\n"
+                      "delete element inet t banned6 { 2001:db8::1 }\n")
+    assert delta_script("t", applied, applied, 100.0) == ""
+    assert delta_script("t", {}, {"203.0.113.0/24": 500.0}, 100.0) is None   # a range

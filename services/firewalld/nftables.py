@@ -82,6 +82,27 @@ def sets_script(table: str, bans: Mapping[str, float], now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def delta_script(table: str, applied: Mapping[str, float], bans: Mapping[str, float],
+                 now: float) -> str | None:
+    """Only what changed since `applied`: elements deleted (lifted or extended) and added
+    (new or extended), so a wave of bans costs the new elements, not the whole set. None
+    when a range is involved (overlaps are resolved only by a whole rewrite)."""
+    changed = {ip: e for ip, e in bans.items() if applied.get(ip) != e and e > now}
+    gone = [ip for ip, e in applied.items() if e > now and (ip not in bans or ip in changed)]
+    if any("/" in ip for ip in (*changed, *gone)):
+        return None
+    lines = []
+    for version, name in ((4, "banned4"), (6, "banned6")):
+        drop = [ip for ip in gone if ipaddress.ip_address(ip).version == version]
+        add = [f"{ip} timeout {math.ceil(e - now)}s" for ip, e in sorted(changed.items())
+               if ipaddress.ip_address(ip).version == version]
+        if drop:
+            lines.append(f"delete element inet {table} {name} {{ {', '.join(drop)} }}")
+        if add:
+            lines.append(f"add element inet {table} {name} {{ {', '.join(add)} }}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _without_overlaps(elements: list[str]) -> list[str]:
     kept: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
     for element in sorted(elements, key=lambda e: ipaddress.ip_network(
@@ -103,6 +124,7 @@ class NftablesBans:
         self.pending = False
         self.last = 0.0
         self.active = False
+        self.applied: dict[str, float] = {}   # what the kernel's sets hold (expiry each)
 
     @staticmethod
     def usable() -> str | None:
@@ -122,6 +144,7 @@ class NftablesBans:
         _run(table_script(self.table, self.ports))
         self.active = True
         _run(sets_script(self.table, bans, self.clock()))
+        self.applied = dict(bans)
         log.info("nftables: table inet %s made (ports %s, %d bans)", self.table,
                  ",".join(map(str, self.ports)), len(bans))
 
@@ -133,8 +156,17 @@ class NftablesBans:
             return
         self.pending = False
         self.last = monotonic
+        now = self.clock()
+        delta = delta_script(self.table, self.applied, bans, now)
         try:
-            _run(sets_script(self.table, bans, self.clock()))
+            if delta:
+                try:
+                    _run(delta)
+                except NftablesUnavailable:
+                    delta = None      # the sets were not what we thought: rewrite them
+            if delta is None:
+                _run(sets_script(self.table, bans, now))
+            self.applied = dict(bans)
         except NftablesUnavailable as exc:
             self.pending = True
             log.warning("nftables: bans not applied (%s); retrying", exc)
