@@ -137,7 +137,11 @@ class Firewalld(Daemon):
                 raise NftablesUnavailable(f"firewall.nftables is on, but {why}")
             log.info("nftables: not used (%s)", why)
             return None
-        return NftablesBans(table_name(str(self.config.state)), [self.config.proxy.port])
+        # the node's own doors: the proxy's port, and the VPN's in VPN mode
+        ports = [self.config.proxy.port]
+        if self.config.vpn.enabled:
+            ports.append(self.config.vpn.port)
+        return NftablesBans(table_name(str(self.config.state)), ports)
 
     def policy(self) -> SourcePolicy:
         lists = self.lists.lists()
