@@ -25,6 +25,11 @@ from lthn.schema import ConfigError, Parser, setting
 HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 SERVICE_ID = re.compile(r"^[0-9a-fA-F]{2}$")
 DEFAULT_ATOMIC_UNITS = {"monero": 10**12, "lethean": 10**8}
+# firewall list files: name -> (setting in `firewall`, Lethean's file name) (issue #17)
+LIST_FILES = {"src_allow": ("src_allow", "src_allow.ips"),
+              "src_deny": ("src_deny", "src_deny.ips"),
+              "dst_deny_ips": ("dst_deny_ips", "dst_deny.ips"),
+              "dst_deny_domains": ("dst_deny_domains", "dst_deny.doms")}
 
 
 def _positive(value: Any) -> str | None:
@@ -312,9 +317,55 @@ class Sessions:
 @dataclass(frozen=True)
 class Firewall:
     refusal_window: float = setting(
-        60.0, "seconds over which firewalld counts refusals per source address", _positive)
+        60.0, "seconds over which firewalld counts refusals per source address (its "
+        "report line, and automatic bans)", _positive)
     refusal_threshold: int = setting(
-        20, "refusals from one address within the window that firewalld reports", _positive)
+        20, "refusals of one reason (bad authid, destination probe, bad request) from one "
+        "address within the window that ban it; NO_PAYMENT never counts", _positive)
+    overlimit_threshold: int = setting(
+        100, "OVERLIMIT answers to one address within the window that ban it", _positive)
+    ban_time: float = setting(600.0, "seconds a first automatic ban lasts", _positive)
+    ban_factor: float = setting(
+        4.0, "each further ban of the same address lasts this many times the one before",
+        lambda v: None if v >= 1 else "must be 1 or more")
+    ban_max_time: float = setting(7 * 86400.0, "the longest an automatic ban lasts",
+                                  _positive)
+    ban_memory: float = setting(
+        7 * 86400.0, "seconds after its last ban ended that an address is still a repeat "
+        "offender", _not_negative)
+    never_ban: list[str] = setting(
+        ["127.0.0.1", "::1"], "addresses or CIDR ranges never banned nor limited (the "
+        "operator's own checks)", _networks)
+    src_allow: str = setting(
+        "", "source allow list, one address or CIDR per line; empty or absent admits "
+        "everyone (default: src_allow.ips beside the config file)")
+    src_deny: str = setting(
+        "", "source deny list (DENY_SRC_IP) (default: src_deny.ips beside the config file)")
+    dst_deny_ips: str = setting(
+        "", "destination addresses or CIDR ranges to refuse (DENY_DESTINATION) (default: "
+        "dst_deny.ips beside the config file)")
+    dst_deny_domains: str = setting(
+        "", "destination domains to refuse, subdomains included (default: dst_deny.doms "
+        "beside the config file)")
+    max_connections: int = setting(
+        200, "concurrent connections per source address (0: no limit); more -> 429 "
+        "OVERLIMIT", _not_negative)
+    max_connection_rate: int = setting(
+        300, "new connections per source address per limit_period (0: no limit)",
+        _not_negative)
+    max_request_rate: int = setting(
+        1000, "requests per source address per limit_period (0: no limit)", _not_negative)
+    limit_period: float = setting(10.0, "seconds over which the rate limits count",
+                                  _positive)
+    front_proxies: list[str] = setting(
+        [], "addresses of the operator's own front proxies, which send the PROXY protocol "
+        "(v1 or v2) with the client's address; nobody else may", _networks)
+    poll_interval: float = setting(
+        0.1, "seconds between firewalld's reads of haproxy's per-source counters and of "
+        "the list files", _positive)
+    nftables: Literal["auto", "on", "off"] = setting(
+        "auto", "bans also at packet level in an nftables table the node owns: auto (where "
+        "nft exists and may be used), on (fail without it), off")
 
 
 @dataclass(frozen=True)
@@ -345,7 +396,7 @@ class Config:
     bus: Bus = setting(Bus(), "ZeroMQ bus endpoints")
     sessions: Sessions = setting(Sessions(), "session tracking and charging")
     firewall: Firewall = setting(
-        Firewall(), "firewalld: refusals per source address (bans are a later issue)")
+        Firewall(), "firewalld: source lists, per-source limits, automatic bans")
     metrics: Metrics = setting(Metrics(), "Prometheus metrics endpoint (watchd)")
     audit: Audit = setting(Audit(), "the audit log file of every change of money or access")
     state_dir: str = setting("/var/lib/lthn", "directory for the ledger, sockets and logs")
@@ -384,6 +435,15 @@ class Config:
     @property
     def haproxy_admin_socket(self) -> Path:
         return haproxy_contract.admin_socket_path(self)
+
+    def list_path(self, name: str) -> Path:
+        """A firewall list file: its setting, or its Lethean name beside the config file."""
+        setting_name, default = LIST_FILES[name]
+        value = getattr(self.firewall, setting_name)
+        if value:
+            return Path(value)
+        base = Path(self.source).parent if self.source else self.state
+        return base / default
 
     @property
     def audit_log_path(self) -> Path:
@@ -446,6 +506,9 @@ def parse(data: Any, source: str) -> Config:
         if atomic != atomic.to_integral_value():
             parser.fail(f"services[{i}].cost",
                         f"{svc.cost} is finer than one atomic unit (1/{config.wallet.units})")
+    if config.firewall.ban_max_time < config.firewall.ban_time:
+        parser.fail("firewall.ban_max_time", f"must not be shorter than firewall.ban_time "
+                    f"({config.firewall.ban_time:g})")
     if not os.path.isabs(config.state_dir):
         parser.fail("state_dir", f'must be an absolute path (got "{config.state_dir}")')
     if config.vpn.enabled:

@@ -251,6 +251,17 @@ class SessionRow:
 
 
 @dataclass(frozen=True)
+class BanRow:
+    """A source address or network (CIDR) banned until `expires`; the row stays after the
+    ban ends, so `count` (bans so far) makes a repeat offender's next ban longer (#17)."""
+    ip: str
+    reason: str
+    created: float     # when the ban in force (or the last one) began
+    expires: float
+    count: int
+
+
+@dataclass(frozen=True)
 class OutboxCounts:
     queued: int    # waiting to be published
     stuck: int     # kept unpublished: a program could not decode them (see StuckRow)
@@ -289,15 +300,6 @@ def decode_outbox_row(catalogue: Mapping[str, type[Message]], topic: str, versio
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise BadMessage(f"body is not msgpack ({type(exc).__name__})") from None
     return build(cls, data)
-
-
-@dataclass(frozen=True)
-class BanRow:
-    ip: str            # an address or a network (CIDR)
-    reason: str
-    created: float
-    expires: float
-    count: int         # how many times this source was banned
 
 
 @dataclass(frozen=True)
@@ -564,6 +566,10 @@ class Ledger:
         """(count, amount) of payments in each state (pool, mined, revoked, ...)."""
         return {state: (n, int(total)) for state, n, total in self.conn.execute(
             "SELECT state, COUNT(*), COALESCE(SUM(amount), 0) FROM payments GROUP BY state")}
+
+    def ban(self, ip: str) -> BanRow | None:
+        """The ban row of `ip` (in force or ended), or None: read without a write lock."""
+        return Tx(self.conn, self.clock()).ban(ip)
 
     def bans(self, now: float | None = None) -> list[BanRow]:
         """Bans in force at `now` (default: the clock), soonest to expire first."""
@@ -900,19 +906,25 @@ class Tx:
             "AND s.ended + ? > CASE WHEN a.last_used > a.spending_since THEN a.last_used "
             "ELSE a.spending_since END", (grace,))}
 
-    # --- bans (firewalld owns them; issue #19) ---
-    def add_ban(self, ip: str, reason: str, expires: float) -> BanRow:
-        """Ban `ip` until `expires`; a ban already in force is extended (never shortened)
-        and counted once more."""
-        self.conn.execute(
-            "INSERT INTO bans (ip, reason, created, expires, count) VALUES (?,?,?,?,1) "
+    # --- bans (firewalld owns them, #17; lthnctl asks firewalld, #19) ---
+    def ban(self, ip: str) -> BanRow | None:
+        """The ban row of `ip` (in force or ended), or None."""
+        row = self.conn.execute(f"SELECT {_BAN_COLS} FROM bans WHERE ip = ?", (ip,)).fetchone()
+        return BanRow(*row) if row else None
+
+    def add_ban(self, ip: str, reason: str, expires: float, count: int | None = None) -> BanRow:
+        """Ban `ip` until `expires` as its `count`-th ban (None: one more than before). A
+        ban already in force is extended, never shortened."""
+        row = self.conn.execute(
+            "INSERT INTO bans (ip, reason, created, expires, count) "
+            "VALUES (?,?,?,?, COALESCE(?, 1)) "
             "ON CONFLICT (ip) DO UPDATE SET reason = excluded.reason, "
+            "count = COALESCE(?, bans.count + 1), "
             "created = CASE WHEN bans.expires > excluded.created THEN bans.created "
             "ELSE excluded.created END, "
-            "expires = CASE WHEN bans.expires > excluded.expires "
-            "THEN bans.expires ELSE excluded.expires END, "
-            "count = bans.count + 1", (ip, reason, self.now, expires))
-        row = self.conn.execute(f"SELECT {_BAN_COLS} FROM bans WHERE ip = ?", (ip,)).fetchone()
+            "expires = CASE WHEN bans.expires > excluded.expires THEN bans.expires "
+            f"ELSE excluded.expires END RETURNING {_BAN_COLS}",
+            (ip, reason, self.now, expires, count, count)).fetchone()
         return BanRow(*row)
 
     def lift_ban(self, ip: str) -> BanRow | None:

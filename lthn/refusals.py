@@ -110,16 +110,16 @@ class Refusal(Enum):
                         "Also a VPN login vpnd could not decide (the ledger failed).")
     DENY_SRC_IP = (403, "Access denied: this source address is not allowed.",
                    RefusalKind.REFUSED_SOURCE,
-                   "The source address is denied by the operator's lists. Not answered yet "
-                   "(issue #17).")
+                   "The source address is in the operator's deny list (`src_deny.ips`), or "
+                   "not in a non-empty allow list (`src_allow.ips`).")
     OVERLIMIT = (429, "Too many connections or requests from this address.",
                  RefusalKind.OVERLIMIT,
-                 "The source address is over a per-source limit. Not answered yet (issue "
-                 "#17).")
+                 "The source address is over a per-source limit (concurrent connections, "
+                 "connection or request rate) in haproxy.")
     BANNED = (403, "Access denied: this address is banned for a while.",
               RefusalKind.REFUSED_SOURCE,
-              "The source address is banned until its ban expires. Not answered yet "
-              "(issue #17).")
+              "The source address is banned until its ban expires (firewalld, or "
+              "`lthnctl ban add`).")
 
     def __init__(self, http_status: int, text: str, kind: RefusalKind, doc: str) -> None:
         self.http_status = http_status  # 0: no HTTP answer is possible (BAD_TLS)

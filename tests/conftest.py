@@ -30,4 +30,5 @@ pytest_plugins = [
     "tests.fixtures.proxy",
     "tests.fixtures.vpn",
     "tests.fixtures.faults",
+    "tests.fixtures.firewall",
 ]

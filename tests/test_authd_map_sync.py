@@ -11,6 +11,7 @@ import pytest
 from lthn import access
 from lthn.config import parse
 from lthn.haproxy.contract import authid_map_path
+from lthn.haproxy.firewall_files import write_run_files
 from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from lthn.tls import ensure_certificates
@@ -32,6 +33,7 @@ class Haproxy:
 
     def start(self, map_text: str = "") -> Haproxy:
         self.map.write_text(map_text)
+        write_run_files(self.cfg, {}, {})   # the firewall's files the config loads (#17)
         path = self.cfg.state / "run" / "haproxy.cfg"
         own = destinations.own_addresses_path(self.cfg, "haproxy")
         own.write_text(destinations.own_address_lines(["127.0.0.1"]))

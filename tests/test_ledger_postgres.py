@@ -160,7 +160,9 @@ def tx_workload() -> dict[str, Callable[[Tx], object]]:
         "audit": lambda tx: tx.audit("test", "credited", A, amount=1),
         "emit": lambda tx: tx.emit(AuthidCharged(authid=A, amount=1, balance=0)),
         "add_ban": lambda tx: (tx.add_ban("192.0.2.1", "probe", tx.now + 60),
-                               tx.add_ban("192.0.2.1", "again", tx.now + 30)),
+                               tx.add_ban("192.0.2.1", "again", tx.now + 30),
+                               tx.add_ban("192.0.2.2", "escalated", tx.now + 60, 3)),
+        "ban": lambda tx: tx.ban("192.0.2.1"),
         "lift_ban": lambda tx: tx.lift_ban("192.0.2.1"),
         "change_seq": lambda tx: tx.change_seq(),
         "authids_changed": lambda tx: tx.authids_changed(0, 10),
@@ -201,6 +203,7 @@ def ledger_workload(path: Path) -> dict[str, Callable[[Ledger], object]]:
         "audit_after": lambda led: led.audit_after(0),
         "change_seq": lambda led: led.change_seq(),
         "authid_changes": lambda led: led.authid_changes(0, 10),
+        "ban": lambda led: led.ban("192.0.2.1"),
     }
 
 

@@ -159,9 +159,12 @@ def test_squid_config_orders_exceptions_before_denies(tmp_path):
     order = [i for i, x in enumerate(lines) if x.startswith("http_access")]
     rules = [lines[i] for i in order]
     assert rules[:2] == ["http_access deny manager", "http_access deny lthn_internal"]
-    assert rules[2:4] == ["http_access allow lthn_exception_0_host lthn_exception_0_port",
+    # the operator's deny files (#17) win over the exceptions
+    assert rules[2:4] == ["http_access deny lthn_denied_file_domain",
+                          "http_access deny lthn_denied_file_dst"]
+    assert rules[4:6] == ["http_access allow lthn_exception_0_host lthn_exception_0_port",
                           "http_access allow lthn_exception_1_host lthn_exception_1_port"]
-    assert rules[4:6] == ["http_access deny CONNECT !lthn_connect_ports",
+    assert rules[6:8] == ["http_access deny CONNECT !lthn_connect_ports",
                           "http_access deny !CONNECT !lthn_http_ports"]
     assert rules[-3:] == ["http_access deny lthn_denied_dst", "http_access deny lthn_own_dst",
                           "http_access allow all"]

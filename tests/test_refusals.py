@@ -71,7 +71,7 @@ def test_haproxy_answers_every_refusal_as_the_catalogue_says(cfg):
     assert {code for _, _, code in answers} == {
         "BAD_METHOD", "NO_PAYMENT", "BAD_AUTHID", "DENY_DESTINATION", "DENY_PORT", "BAD_HOST",
         "DNS_FAILURE", "CONNECT_FAILED", "DESTINATION_TIMEOUT", "DESTINATION_ERROR",
-        "BAD_REQUEST", "UNAVAILABLE", "PROXY_ERROR"}
+        "BAD_REQUEST", "UNAVAILABLE", "PROXY_ERROR", "DENY_SRC_IP", "OVERLIMIT", "BANNED"}
     for status, body, code in answers:
         refusal = Refusal.of(code)
         assert refusal is not None and (int(status), body) == (refusal.http_status, refusal.text)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lthn.refusals import Refusal
+from lthn.refusals import Refusal, RefusalKind
 
 if TYPE_CHECKING:  # lthn.config reads admin_socket_path from here
     from lthn.config import Config
@@ -101,3 +101,70 @@ def map_file_text(authids: list[str]) -> str:
 def admin_socket_path(config: Config) -> Path:
     """haproxy's admin socket (runtime API, level admin)."""
     return config.state / "run" / "haproxy-admin.sock"
+
+
+# --- per source address: limits, offences, lists and bans (issue #17) ---
+
+# every connection is tracked by its real source address (after the PROXY protocol of a
+# named front proxy, never X-Forwarded-For) in this table, on sticky counter 2
+SOURCE_TABLE = "lthn_sources"
+SOURCE_COUNTER = 2
+# gpc array slots counting a source's offences in the window (`gpc_rate`): slot 0 is every
+# offence (so `show table ... data.gpc_rate ge N` filters on it: haproxy 2.6 filters on an
+# array's first slot only), the others one refusal kind each. NO_PAYMENT counts nowhere.
+OFFENCE_SLOTS: dict[RefusalKind, int] = {
+    RefusalKind.BAD_AUTHID: 1,
+    RefusalKind.DESTINATION_PROBE: 2,
+    RefusalKind.BAD_REQUEST: 3,
+    RefusalKind.OVERLIMIT: 4,
+    RefusalKind.REFUSED_SOURCE: 5,   # counted (banned, denied), never an offence
+}
+OFFENCE_TOTAL_SLOT = 0
+OFFENCE_SLOT_COUNT = 1 + len(OFFENCE_SLOTS)
+# the refusal kinds that count toward a ban (RefusalKind.may_ban), in the order named
+BANNING_KINDS = tuple(k for k in RefusalKind if k.may_ban)
+
+
+def offence_thresholds(config: Config) -> dict[RefusalKind, int]:
+    """Offences of each kind within `firewall.refusal_window` that ban their source. haproxy
+    refuses such a source itself (BANNED) from the next request on, and firewalld, reading
+    the same counters, makes it a ban with its time and count; firewalld then sets slot 0
+    back to zero, which ends haproxy's own refusal (the ban map holds the ban from there)."""
+    f = config.firewall
+    return {kind: f.overlimit_threshold if kind is RefusalKind.OVERLIMIT
+            else f.refusal_threshold for kind in BANNING_KINDS}
+
+
+def source_table_definition(config: Config) -> str:
+    f = config.firewall
+    window_ms = int(f.refusal_window * 1000)
+    period_ms = int(f.limit_period * 1000)
+    # kept a while past the longer period, so a quiet source's rates can fall to zero
+    expire = int(max(f.refusal_window, f.limit_period) * 2) + 1
+    return (f"stick-table type ipv6 size 1m expire {expire}s store conn_cur,"
+            f"conn_rate({period_ms}),http_req_rate({period_ms}),"
+            f"gpc({OFFENCE_SLOT_COUNT}),gpc_rate({OFFENCE_SLOT_COUNT},{window_ms})")
+
+
+def bans_map_path(config: Config) -> Path:
+    """Runtime map of bans: `ADDRESS-OR-CIDR EXPIRES` (unix seconds); haproxy refuses a
+    source whose entry is still in the future (so a ban ends on time even without
+    firewalld). Written from the ledger before haproxy starts, kept by firewalld."""
+    return config.state / "run" / "bans.map"
+
+
+def source_acl_path(config: Config, name: str) -> Path:
+    """Runtime ACL files firewalld keeps equal to the operator's lists (`add acl`, or a
+    `prepare acl` / `commit acl` swap): see FIREWALL_ACLS."""
+    return config.state / "run" / f"{name}.acl"
+
+
+# name -> what its runtime ACL file holds
+FIREWALL_ACLS = {
+    "src_deny": "the source deny list",
+    "src_allow": "the source allow list, or 0.0.0.0/0 and ::/0 when it is empty",
+    "ban_exempt": "the allow list's own entries (never banned)",
+    "dst_deny_ips": "the destination deny list of addresses",
+    "dst_deny_domains": "the destination deny list of domains (exact match)",
+    "dst_deny_subdomains": "the same domains with a leading dot (subdomains, `-m end`)",
+}

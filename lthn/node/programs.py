@@ -64,9 +64,11 @@ PROGRAMS: tuple[Program, ...] = (
             "the authid and cuts its open connections, tunnels and VPN clients.",
             priority=100, stopwaitsecs=10),
     Program("firewalld", "lthn-firewalld", "services.firewalld.main",
-            "counts `access.refused` events per source address in a sliding window and "
-            "logs a line when an address reaches the threshold; stores and publishes bans "
-            "made by hand (`lthnctl ban`). **It enforces no ban yet** (see Status).",
+            "keeps the operator's source and destination lists in haproxy's runtime ACLs "
+            "(no reload), reads haproxy's per-source offence counters every 0.1 s and bans "
+            "offenders for a while, longer each time (ledger rows, `ban.added`/"
+            "`ban.lifted`, haproxy's runtime map, nftables where present); answers "
+            "`lthnctl ban`.",
             priority=100, stopwaitsecs=5),
     Program("watchd", "lthn-watchd", "services.watchd.main",
             "watches the node for its operator: records every daemon's heartbeat (what "

@@ -29,7 +29,9 @@ def refusal_event(line: RequestLog) -> AccessRefused | None:
     refusal = Refusal.of(line.reason)
     # a code missing from the catalogue is published all the same: a refusal is never lost
     kind = refusal.kind.value if refusal else "unknown to this node"
-    log.info("refused %s: %s (%s; authid %s, %s %s)", line.client_ip, line.reason, kind,
+    # debug only: firewalld logs one line per source and window, not one per refusal
+    # (a flood wrote 31-50 MB of these per 30 s, issue #17)
+    log.debug("refused %s: %s (%s; authid %s, %s %s)", line.client_ip, line.reason, kind,
              short(line.authid) if line.authid else "-", line.method, line.destination)
     return AccessRefused(reason=line.reason, source=line.client_ip, authid=line.authid,
                          destination=line.destination, kind=SESSION_KIND)

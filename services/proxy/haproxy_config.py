@@ -46,11 +46,19 @@ def backend_address(config: Config) -> str:
 
 
 def _refuse(refusal: Refusal, condition: str, rule: str = "http-request") -> list[str]:
-    """Remember the reason for the log line, then answer with it. A refusal of a response
-    logs again: its request was admitted, and admitted requests are not logged."""
+    """Remember the reason for the log line, count it against the source (an offence
+    when its kind may ban, #17), then answer with it. A refusal of a response logs again:
+    its request was admitted, and admitted requests are not logged."""
     log_again = [f"    {rule} set-log-level info if {condition}"] \
         if rule == "http-response" else []
+    sc = contract.SOURCE_COUNTER
+    counts = [f"    {rule} sc-inc-gpc({contract.OFFENCE_SLOTS[refusal.kind]},{sc}) "
+              f"if {condition}"] if refusal.kind in contract.OFFENCE_SLOTS else []
+    if refusal.kind.may_ban:
+        counts.append(f"    {rule} sc-inc-gpc({contract.OFFENCE_TOTAL_SLOT},{sc}) "
+                      f"if {condition}")
     return [
+        *counts,
         f"    {rule} set-var(txn.reason) str({refusal.code}) if {condition}",
         *log_again,
         f"    {rule} return status {refusal.http_status} content-type text/plain "
@@ -99,12 +107,24 @@ def _destination_rules(config: Config) -> list[str]:
             f"    http-request set-var(txn.excepted) bool(true) "
             f"if exception_{i}_host exception_{i}_port",
         ]
+    lines += [
+        "    # the operator's dst_deny.ips / dst_deny.doms, kept by firewalld (issue #17)",
+        "    acl dest_denied_file_ip var(txn.dhost) -m ip -f "
+        f"{contract.source_acl_path(config, 'dst_deny_ips')}",
+        "    acl dest_denied_file_domain var(txn.dhost) -i -m str -f "
+        f"{contract.source_acl_path(config, 'dst_deny_domains')}",
+        "    acl dest_denied_file_domain var(txn.dhost) -i -m end -f "
+        f"{contract.source_acl_path(config, 'dst_deny_subdomains')}",
+    ]
     lines.append("    acl excepted var(txn.excepted) -m bool")
     deny = Refusal.DENY_DESTINATION
     lines += _refuse(Refusal.BAD_HOST, "dest_name_too_long || dest_label_too_long")
     lines += _refuse(deny, "squid_internal")
     lines += _refuse(deny, "!METH_CONNECT url_has_scheme !url_web_scheme")
     lines += _refuse(deny, "dest_denied_ip !excepted || dest_own_ip !excepted")
+    # the deny files win over allow_destinations: they are the operator's "block it now"
+    lines += _refuse(deny, "dest_denied_file_ip")
+    lines += _refuse(deny, "dest_denied_file_domain")
     lines += _refuse(deny, "dest_numeric !dest_is_ip")
     if domains:
         lines += _refuse(deny, "dest_denied_domain !excepted")
@@ -189,6 +209,75 @@ def _threads(cpus: int) -> list[str]:
             "    nbthread 1"]
 
 
+def _offender_acls(config: Config) -> list[str]:
+    """A source over a ban threshold is refused by haproxy itself from its next request
+    on, whatever firewalld's latency; firewalld then makes it a ban (contract.
+    offence_thresholds). Slot 0 (every offence) gates it: firewalld zeroes it when it bans,
+    so an ended ban is not renewed here by offences it already punished."""
+    sc = contract.SOURCE_COUNTER
+    thresholds = contract.offence_thresholds(config)
+    lines = [f"    acl offences_over sc_gpc_rate({contract.OFFENCE_TOTAL_SLOT},{sc}) ge "
+             f"{min(thresholds.values())}"]
+    for kind, threshold in thresholds.items():
+        lines.append(f"    acl offences_{kind.name.lower()} "
+                     f"sc_gpc_rate({contract.OFFENCE_SLOTS[kind]},{sc}) ge {threshold}")
+    return lines
+
+
+def _banned_rules(config: Config) -> list[str]:
+    """BANNED: in the ban map, or over a threshold (never the never-ban list nor the
+    allow list's own entries)."""
+    over = " || ".join(["src_banned"] + [f"offences_over offences_{kind.name.lower()}"
+                                         for kind in contract.offence_thresholds(config)])
+    return [f"    http-request set-var(txn.banned) bool(true) if {over}",
+            "    acl banned var(txn.banned) -m bool",
+            "    # a banned source is not logged per request: its ban was (one line per ban)",
+            "    http-request set-log-level silent if banned !never_ban !ban_exempt",
+            *_refuse(Refusal.BANNED, "banned !never_ban !ban_exempt")]
+
+
+def _source_rules(config: Config) -> list[str]:
+    """The source address first (#17): bans, the operator's lists, per-source limits.
+    Checked before anything else, so a banned or denied source costs the least."""
+    f = config.firewall
+    acl = lambda name: contract.source_acl_path(config, name)  # noqa: E731
+    lines = ["    # --- the source address (issue #17): bans, lists, per-source limits ---"]
+    if f.front_proxies:
+        lines += [
+            "    # the operator's front proxies say who the client is (PROXY protocol);",
+            "    # nobody else may, and X-Forwarded-For / CF-Connecting-IP are never read",
+            "    acl front_proxy src " + " ".join(f.front_proxies),
+            "    tcp-request connection expect-proxy layer4 if front_proxy",
+        ]
+    lines += [
+        f"    tcp-request session track-sc{contract.SOURCE_COUNTER} src "
+        f"table {contract.SOURCE_TABLE}",
+        "    http-request set-var(txn.now) date",
+        f"    acl never_ban src {' '.join(f.never_ban)}" if f.never_ban
+        else "    acl never_ban always_false",
+        f"    acl ban_exempt src -f {acl('ban_exempt')}",
+        f"    acl src_banned src,map_ip_int({contract.bans_map_path(config)},0),sub(txn.now) "
+        "gt 0",
+        *_offender_acls(config),
+        *_banned_rules(config),
+        f"    acl src_denied src -f {acl('src_deny')}",
+        f"    acl src_allowed src -f {acl('src_allow')}",
+        *_refuse(Refusal.DENY_SRC_IP, "src_denied || !src_allowed"),
+    ]
+    sc = contract.SOURCE_COUNTER
+    limits = [(f.max_connections, f"sc{sc}_conn_cur", "over_connections"),
+              (f.max_connection_rate, f"sc{sc}_conn_rate", "over_connection_rate"),
+              (f.max_request_rate, f"sc{sc}_http_req_rate", "over_request_rate")]
+    names = []
+    for limit, fetch, name in limits:
+        if limit:
+            lines.append(f"    acl {name} {fetch} gt {limit}")
+            names.append(name)
+    if names:
+        lines += _refuse(Refusal.OVERLIMIT, " || ".join(f"!never_ban {n}" for n in names))
+    return lines
+
+
 def render(config: Config) -> str:
     """The whole haproxy.cfg. The own-addresses file (`destinations.own_addresses_path`)
     and the authid map must exist before haproxy reads it."""
@@ -233,6 +322,8 @@ def render(config: Config) -> str:
         "",
         "frontend lthn_proxy",
         f"    bind {p.bind}:{p.port} ssl crt {config.certificate_path} alpn http/1.1",
+        *_source_rules(config),
+        "",
         "    # the destination's authority (host[:port]) of an absolute URI or a CONNECT; its",
         "    # host without brackets or a trailing dot, lower case; its port (80 if not given)",
         '    http-request set-var(txn.dest) "url,regsub(\'^[a-zA-Z][a-zA-Z0-9+.-]*://\','
@@ -313,6 +404,9 @@ def render(config: Config) -> str:
         "",
         f"backend {contract.STREAM_TABLE}",
         f"    {contract.stream_table_definition()}",
+        "",
+        f"backend {contract.SOURCE_TABLE}",
+        f"    {contract.source_table_definition(config)}",
         "",
     ]
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from lthn.config import Config
 from lthn.files import write_atomically
 from lthn.haproxy import contract
 from lthn.haproxy.contract import authid_map_path, map_file_text
+from lthn.haproxy.firewall_files import prepare_run_files
 from lthn.haproxy.runtime import HaproxyAdmin, HaproxyUnavailable, parse_show_info
 from lthn.ledger import Ledger, LedgerError
 from lthn.tls import (
@@ -41,14 +42,20 @@ def config_path(config: Config) -> Path:
     return config.state / "run" / "haproxy.cfg"
 
 
-def write_authid_map(config: Config) -> None:
+def write_ledger_files(config: Config) -> None:
+    """The active-authid map, and the firewall's lists and bans, as the ledger and the
+    operator's files say now: what a new haproxy (or a reloaded worker) loads."""
     ledger = Ledger.open(config.ledger_path)
     try:
         active = ledger.active_authids()
+        bans = {row.ip: row.expires for row in ledger.bans()}
     finally:
         ledger.close()
     # haproxy never reads a half-written file
     write_atomically(authid_map_path(config), map_file_text(active), mode=0o600)
+    # the source lists and bans (#17): firewalld keeps them from here on, without reloads
+    for note in prepare_run_files(config, bans):
+        log.warning("haproxy: %s", note)
 
 
 def parse_show_acl(answer: str) -> set[str]:
@@ -84,7 +91,7 @@ class Haproxy(foreground.ForegroundProgram):
         self.check_inputs()
         if not config.proxy.certificate:
             ensure_certificates(config.certificate_path.parent)
-        write_authid_map(config)
+        write_ledger_files(config)
         write_atomically(self.own_path(), destinations.own_address_lines(addresses),
                          mode=0o600)
         self.write_config(path)
@@ -110,7 +117,7 @@ class Haproxy(foreground.ForegroundProgram):
 
     def reload_child(self, child: subprocess.Popen) -> None:
         before = self.worker_pid()
-        write_authid_map(self.config)  # the new worker loads the ledger's list, not a stale one
+        write_ledger_files(self.config)  # the new worker loads the ledger's list, not a stale one
         child.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + RELOAD_SECONDS
         while time.monotonic() < deadline:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lthn.exits import EXIT_OK
 from lthn.files import write_atomically
+from lthn.haproxy.firewall_files import prepare_run_files
 from lthn.stop_signals import StopSignals
 from services.proxy import destinations, foreground, squid_config
 
@@ -37,6 +38,9 @@ class Squid(foreground.ForegroundProgram):
 
     def write(self, addresses: list[str], path: Path) -> None:
         self.check_inputs()
+        # the destination deny files it reads (#17), from the operator's lists
+        for note in prepare_run_files(self.config, bans=None):
+            log.warning("squid: %s", note)
         # squid reads these as root (at start and at a reconfigure), never half-written
         write_atomically(self.own_path(), destinations.own_address_lines(addresses),
                          mode=0o600)

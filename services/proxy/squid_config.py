@@ -30,6 +30,7 @@ import stat
 from pathlib import Path
 
 from lthn.config import Config
+from lthn.haproxy import contract
 from lthn.refusals import Refusal
 from services.proxy import destinations
 
@@ -189,6 +190,11 @@ def render(config: Config, user: str | None = None) -> str:
         "acl lthn_http_ports port " + _ranges(destinations.http_ports(config)),
         "acl lthn_denied_dst dst " + " ".join(denied),
         f'acl lthn_own_dst dst "{own}"',
+        "# the operator's dst_deny.ips / dst_deny.doms (issue #17): files firewalld keeps,",
+        "# re-read when it asks squid to reconfigure; empty files match nothing",
+        f'acl lthn_denied_file_dst dst "{contract.source_acl_path(config, "dst_deny_ips")}"',
+        "acl lthn_denied_file_domain dstdomain -n "
+        f'"{contract.source_acl_path(config, "dst_deny_subdomains")}"',
     ]
     if domains:
         # -n: an IP-literal URL is not reverse-resolved to be compared with names
@@ -205,6 +211,9 @@ def render(config: Config, user: str | None = None) -> str:
         "# the cache manager and squid's internal URLs are never for clients (issue #10)",
         "http_access deny manager",
         "http_access deny lthn_internal",
+        "# the deny files win over the exceptions: they are the operator's \"block it now\"",
+        "http_access deny lthn_denied_file_domain",
+        "http_access deny lthn_denied_file_dst",
         "# the operator's exceptions come before the denies",
         *allows,
         "http_access deny CONNECT !lthn_connect_ports",
@@ -216,7 +225,8 @@ def render(config: Config, user: str | None = None) -> str:
         "http_access allow all",
         "",
         f"deny_info {refusal_marker(Refusal.DENY_PORT)} lthn_connect_ports lthn_http_ports",
-        f"deny_info {deny} lthn_denied_dst lthn_own_dst lthn_internal manager"
+        f"deny_info {deny} lthn_denied_dst lthn_own_dst lthn_internal manager "
+        "lthn_denied_file_dst lthn_denied_file_domain"
         + (" lthn_denied_domain" if domains else ""),
         "",
     ]

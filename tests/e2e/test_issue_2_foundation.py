@@ -245,7 +245,8 @@ def test_issue_2_two_authd_processes_publish_a_refusal_once(run_node, tmp_path):
 
 def test_issue_2_firewalld_reports_a_source_with_many_refusals(run_node):
     """Real refusals (haproxy -> authd -> bus) reach firewalld, which reports the source
-    once it reaches the threshold, and says it bans nobody."""
+    once it reaches the threshold (one line, not one per refusal); NO_PAYMENT bans nobody
+    (issue #17)."""
     node = run_node({"firewall": {"refusal_threshold": 5, "refusal_window": 60}},
                     programs=("busd", "authd", "firewalld", "haproxy", "squid"))
     node.wait_log("firewalld", "firewalld: ready")
@@ -255,10 +256,9 @@ def test_issue_2_firewalld_reports_a_source_with_many_refusals(run_node):
     assert "refusals in" not in node.log_text("firewalld")
     for n in range(4, 8):
         assert curl_through(node, f"1AEEEE{n:010X}", "http://127.0.0.1:9/") == "NO_PAYMENT"
-    line = "source 127.0.0.1: 5 refusals in 60 s (threshold 5); no ban applied: bans are " \
-        "not implemented yet"
-    log = node.wait_log("firewalld", line)
+    log = node.wait_log("firewalld", "source 127.0.0.1: 5 refusals in 60 s (threshold 5)")
     assert log.count("refusals in 60 s") == 1     # reported once, not once per refusal
+    assert "banned" not in log
 
 
 def test_issue_2_bad_authd_procs_is_refused(tmp_path, node_config):

@@ -1,9 +1,9 @@
 """Ban a source address or network (CIDR) for a while, by hand.
 
-firewalld stores the ban in the ledger with an audit line (who, why) and publishes
-`ban.added`; a ban already in force is extended, never shortened. Enforcement at haproxy,
-OpenVPN and nftables comes with issue #17: until then a ban is recorded and announced,
-not applied.
+firewalld stores the ban in the ledger with an audit line (who, why), publishes
+`ban.added` and enforces it at once (haproxy's ban map, nftables where used); a ban
+already in force is extended, never shortened. An address firewalld never bans
+(firewall.never_ban, the allow list's entries) is refused.
 
 --json keys: address, reason, expires (unix time).
 """
