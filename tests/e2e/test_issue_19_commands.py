@@ -220,7 +220,7 @@ def test_reload_checks_the_config_first_then_signals_the_daemons(rig, tmp_path):
     assert ran.stderr.startswith(f"Error: {broken}: log_levle: unknown key")
     before = {p: len(rig.node.log_text(p)) for p in ("paymentd", "sessiond", "watchd")}
     data = yaml.safe_load(rig.node.config_path.read_text())
-    data["firewall"] = {"refusal_threshold": 7}
+    data.setdefault("firewall", {})["refusal_threshold"] = 7   # the rig's other settings stay
     rig.node.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
     try:
         ran = rig.ctl("reload", "--json")
