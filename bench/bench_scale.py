@@ -53,9 +53,11 @@ from benchlib import percentile, wait  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
 from lthn.haproxy import contract  # noqa: E402
+from lthn.haproxy.firewall_files import write_run_files  # noqa: E402
 from lthn.haproxy.runtime import HaproxyAdmin  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
 from services.authd.map_sync import MapSync  # noqa: E402
+from services.proxy import haproxy_config  # noqa: E402
 from tests.fixtures.mini_proxy import ConnectOrigin, closed_by_peer, open_tunnel  # noqa: E402
 from tests.fixtures.node import Node, default_config, merge  # noqa: E402
 
@@ -78,6 +80,7 @@ defaults
     timeout queue 1h
 frontend proxy
     bind 127.0.0.1:{port}
+{sources}
     http-request set-var(txn.authid) req.hdr(X-LTHN-PaymentID),upper
     http-request return status 403 if !{{ var(txn.authid),map({map}) -m found }}
 {admitted}
@@ -92,6 +95,8 @@ backend {table}
     {stick}
 backend {stream_table}
     {stream_stick}
+backend {source_table}
+    {source_stick}
 """
 
 
@@ -118,7 +123,12 @@ class QueueHaproxy:
             admitted="\n".join(f"    {line}" for line in contract.admitted_rules()),
             table=contract.STICK_TABLE, stick=contract.stick_table_definition(config),
             stream_table=contract.STREAM_TABLE,
-            stream_stick=contract.stream_table_definition()))
+            stream_stick=contract.stream_table_definition(),
+            # the node's source rules (#17): firewalld keeps their ACLs and bans map
+            sources="\n".join(haproxy_config.source_rules(config)),
+            source_table=contract.SOURCE_TABLE,
+            source_stick=contract.source_table_definition(config)))
+        write_run_files(config, {}, {})
         self.admin = HaproxyAdmin(contract.admin_socket_path(config), timeout=30)
         self.proc: subprocess.Popen | None = None
 

@@ -127,8 +127,14 @@ class HaproxyFirewall:
                 continue
             self.acls[name] = entries
             if not self.dirty:
-                ok = self._swap("acl", contract.source_acl_path(self.config, name),
-                                list(entries)) and ok
+                try:
+                    ok = self._swap("acl", contract.source_acl_path(self.config, name),
+                                    list(entries)) and ok
+                except RuntimeAnswerError as exc:
+                    log.warning("haproxy: list %s not applied (%s); every list will be "
+                                "swapped whole at the next resync", name, exc)
+                    self.dirty = True
+                    ok = False
         return ok
 
     # --- bans ---

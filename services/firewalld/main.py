@@ -68,6 +68,7 @@ class Firewalld(Daemon):
             self.watch(self.subscriber.socket, self._on_bus_bounded)
         self.control.answer(AddBan, self.add_ban)
         self.control.answer(LiftBan, self.lift_ban)
+        self.resync_failure = ""   # haproxy's last refusal of a resync, said once
 
     def status_details(self) -> dict:
         bans = getattr(self, "bans", None)
@@ -116,7 +117,7 @@ class Firewalld(Daemon):
                     raise
                 log.warning("nftables: not used (%s); bans are enforced by haproxy", exc)
                 self.nftables = self.bans.nftables = None
-        self.haproxy.check_process()
+        self._resync()
         self.timers.every(settings.poll_interval, self.poll, first=settings.poll_interval)
         self.timers.every(1.0, self.each_second, first=1.0)
         self.timers.every(LEDGER_REREAD, self.bans.load, first=LEDGER_REREAD)
@@ -220,8 +221,17 @@ class Firewalld(Daemon):
         try:
             self.haproxy.check_process()
         except RuntimeAnswerError as exc:
-            log.warning("haproxy: firewall resync failed (%s); retrying", exc)
+            # a haproxy without the node's firewall ACLs (not started by lthn-haproxy?):
+            # said once per distinct answer, retried every second, never a crash
+            if str(exc) != self.resync_failure:
+                log.error("haproxy: firewall rules not applied: haproxy answered %r; "
+                          "retrying every second", str(exc))
+                self.resync_failure = str(exc)
             self.haproxy.dirty = True
+            return
+        if self.resync_failure and not self.haproxy.dirty:
+            log.info("haproxy: firewall rules applied after all")
+            self.resync_failure = ""
 
     def reconfigure_squid(self) -> None:
         """squid re-reads the destination deny files (it checks after name resolution)

@@ -236,7 +236,7 @@ def _banned_rules(config: Config) -> list[str]:
             *_refuse(Refusal.BANNED, "banned !never_ban !ban_exempt")]
 
 
-def _source_rules(config: Config) -> list[str]:
+def source_rules(config: Config) -> list[str]:
     """The source address first (#17): bans, the operator's lists, per-source limits.
     Checked before anything else, so a banned or denied source costs the least."""
     f = config.firewall
@@ -322,7 +322,7 @@ def render(config: Config) -> str:
         "",
         "frontend lthn_proxy",
         f"    bind {p.bind}:{p.port} ssl crt {config.certificate_path} alpn http/1.1",
-        *_source_rules(config),
+        *source_rules(config),
         "",
         "    # the destination's authority (host[:port]) of an absolute URI or a CONNECT; its",
         "    # host without brackets or a trailing dot, lower case; its port (80 if not given)",
