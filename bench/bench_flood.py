@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))   # for tests.fixtures (not an installed package)
 
 import zmq  # noqa: E402
 from benchlib import percentile, wait  # noqa: E402
-from proxy_rig import Origin  # noqa: E402
+from proxy_rig import Origin, cpu_seconds, process_tree  # noqa: E402
 
 from lthn import access  # noqa: E402
 from lthn import config as config_mod  # noqa: E402
@@ -212,13 +212,10 @@ class Paying:
 
 # --- CPU per program ---
 
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+def tree_cpu(trees: dict[str, tuple[int, ...]]) -> dict[str, float]:
+    """CPU seconds per program, its children included (haproxy's master and worker run
+    under lthn-haproxy, squid under lthn-squid: #15)."""
+    return {p: sum(cpu_seconds(pid) for pid in tree) for p, tree in trees.items()}
 
 
 def machine_busy() -> float:
@@ -314,13 +311,14 @@ def main() -> int:
         while time.time() < start_at:
             time.sleep(0.005)
         paying.phase = "flood"
-        cpu0 = {p: cpu_seconds(pid) for p, pid in pids.items()}
+        trees = {p: process_tree(pid) for p, pid in pids.items()}
+        cpu0 = tree_cpu(trees)
         busy0, t0 = machine_busy(), time.monotonic()
         results = [pipe.recv() for pipe in pipes]      # each worker stops by itself
         flood_wall = time.monotonic() - t0
         for proc in procs:
             proc.join(10)
-        cpu1 = {p: cpu_seconds(pid) for p, pid in pids.items()}
+        cpu1 = tree_cpu(trees)
         busy1 = machine_busy()
         paying.phase = "after"
         paying.latencies["after"] = []
