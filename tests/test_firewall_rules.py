@@ -189,6 +189,10 @@ def test_acl_files_from_the_lists():
     assert entries["ban_exempt"] == ()
     assert entries["dst_deny_subdomains"] == (".evil.org",)
     assert set(entries) == set(contract.FIREWALL_ACLS)
+    # squid warned about the empty destination files at every start (#15: a clean start)
+    assert entries["dst_deny_ips"] == ("0.0.0.0/32",)
+    assert not any(d.startswith(":") for d in entries["dst_deny_subdomains"])
+    assert acl_entries({})["dst_deny_subdomains"] == (".empty.lthn.invalid",)
     assert bans_map_text({"10.0.0.1": 100.2}) == "10.0.0.1 101\n"   # never ends early
 
 

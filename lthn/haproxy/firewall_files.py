@@ -16,6 +16,11 @@ from lthn.files import write_atomically
 from lthn.haproxy import contract
 
 EVERYONE = ("0.0.0.0/0", "::/0")
+# squid warns at every start about an empty ACL file: an empty destination list holds one
+# entry no destination can match instead ("this network", refused anyway by the
+# destination policy; a name under .invalid, which never resolves)
+NO_DESTINATION_IP = ("0.0.0.0/32",)
+NO_DESTINATION_NAME = (".empty.lthn.invalid",)
 # the operator's lists (Config.list_path) and what each holds
 LIST_KINDS = {"src_allow": ListKind.ADDRESSES, "src_deny": ListKind.ADDRESSES,
               "dst_deny_ips": ListKind.ADDRESSES, "dst_deny_domains": ListKind.DOMAINS}
@@ -36,9 +41,9 @@ def acl_entries(lists: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ..
         "src_deny": tuple(lists.get("src_deny", ())),
         "src_allow": allow or EVERYONE,
         "ban_exempt": allow,
-        "dst_deny_ips": tuple(lists.get("dst_deny_ips", ())),
+        "dst_deny_ips": tuple(lists.get("dst_deny_ips", ())) or NO_DESTINATION_IP,
         "dst_deny_domains": domains,
-        "dst_deny_subdomains": tuple("." + d for d in domains),
+        "dst_deny_subdomains": tuple("." + d for d in domains) or NO_DESTINATION_NAME,
     }
 
 
