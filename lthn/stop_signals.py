@@ -8,6 +8,7 @@ can deadlock on the lock its own thread holds); the loop looks at `stop_asked`.
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -29,3 +30,50 @@ class StopSignals:
     @property
     def stop_asked(self) -> bool:
         return self.pending in (signal.SIGTERM, signal.SIGINT)
+
+
+class SignalPipe:
+    """Signals as something `select` can wait on, beside other file descriptors (a
+    child's pidfd): the handler records the number, and `signal.set_wakeup_fd` writes a
+    byte to a pipe so the select wakes. For the small parents of supervisord
+    (lthn/node/parent.py) and of haproxy and squid (services/proxy/foreground.py).
+
+        with SignalPipe((signal.SIGTERM, signal.SIGHUP)) as signals:
+            select.select([child_end, signals.fileno()], [], [])
+            for signum in signals.take(): ...
+    """
+
+    def __init__(self, signals: tuple[int, ...]) -> None:
+        self.signals = signals
+        self.pending: list[int] = []
+        self._read = self._write = -1
+
+    def __enter__(self) -> SignalPipe:
+        self._read, self._write = os.pipe()
+        for fd in (self._read, self._write):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._write)
+        for signum in self.signals:
+            signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum: int, _frame: Any = None) -> None:
+        self.pending.append(signum)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def take(self) -> list[int]:
+        """The signals received since the last call, oldest first (the pipe drained)."""
+        try:
+            while os.read(self._read, 512):
+                pass
+        except BlockingIOError:
+            pass
+        taken, self.pending = self.pending, []
+        return taken
+
+    def __exit__(self, *_exc: object) -> None:
+        signal.set_wakeup_fd(-1)
+        os.close(self._read)
+        os.close(self._write)

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 
 from lthn.process import die_with_parent
+from lthn.stop_signals import SignalPipe
 
 log = logging.getLogger(__name__)
 
@@ -28,37 +29,24 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def supervise(argv: list[str], env: dict[str, str], on_reload: Callable[[], object]) -> int:
     """Run supervisord (`argv`) as a child until it ends; SIGHUP calls `on_reload`."""
-    pending: list[int] = []
-    wake_read, wake_write = os.pipe()
-    for fd in (wake_read, wake_write):
-        os.set_blocking(fd, False)
-    signal.set_wakeup_fd(wake_write)
-    for signum in (*STOP_SIGNALS, signal.SIGHUP):
-        signal.signal(signum, lambda n, _f: pending.append(n))
-    sys.stdout.flush()
-    child = subprocess.Popen(argv, env=env, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-    child_end = os.pidfd_open(child.pid)
-    try:
-        while True:
-            ready, _, _ = select.select([child_end, wake_read], [], [])
-            if child_end in ready:
-                break
-            try:
-                os.read(wake_read, 512)
-            except BlockingIOError:
-                pass
-            while pending:
-                signum = pending.pop(0)
-                if signum in STOP_SIGNALS:
-                    child.send_signal(signal.SIGTERM)   # supervisord's clean shutdown
-                else:
-                    print("lthn-node: SIGHUP: reloading", flush=True)
-                    on_reload()
-                    sys.stdout.flush()
-    finally:
-        os.close(child_end)
-        signal.set_wakeup_fd(-1)
-        os.close(wake_read)
-        os.close(wake_write)
-    code = child.wait()
+    with SignalPipe((*STOP_SIGNALS, signal.SIGHUP)) as signals:
+        sys.stdout.flush()
+        child = subprocess.Popen(argv, env=env,
+                                 preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+        child_end = os.pidfd_open(child.pid)
+        try:
+            while True:
+                ready, _, _ = select.select([child_end, signals.fileno()], [], [])
+                if child_end in ready:
+                    break
+                for signum in signals.take():
+                    if signum in STOP_SIGNALS:
+                        child.send_signal(signal.SIGTERM)   # supervisord's clean shutdown
+                    else:
+                        print("lthn-node: SIGHUP: reloading", flush=True)
+                        on_reload()
+                        sys.stdout.flush()
+        finally:
+            os.close(child_end)
+        code = child.wait()
     return code if code >= 0 else 128 - code

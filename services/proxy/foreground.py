@@ -40,6 +40,7 @@ from lthn.node.orphans import die_with_supervisord
 from lthn.node_addresses import AddressListError, AddressWatcher
 from lthn.process import die_with_parent
 from lthn.schema import ConfigError
+from lthn.stop_signals import SignalPipe
 
 log = logging.getLogger(__name__)
 
@@ -251,28 +252,23 @@ def _is_zombie(pid: int) -> bool:
 
 
 class Parent:
-    """The loop: one select on the child's end (a pidfd), signals (a wakeup pipe) and the
-    address watcher. Signal handlers only record; the loop acts."""
+    """The loop: one select on the child's end (a pidfd), signals (lthn.stop_signals.
+    SignalPipe) and the address watcher. Signal handlers only record; the loop acts."""
 
     def __init__(self, program: ForegroundProgram, watcher: AddressWatcher) -> None:
         self.program = program
         self.watcher = watcher
-        self.pending: list[int] = []
         self.address_check_at: float | None = None
-
-    def _record(self, signum: int, _frame: object) -> None:
-        self.pending.append(signum)
 
     def run(self, argv: list[str]) -> int:
         program = self.program
         program.stop_previous()
-        wake_read, wake_write = os.pipe()
-        for fd in (wake_read, wake_write):
-            os.set_blocking(fd, False)
-        signal.set_wakeup_fd(wake_write)
-        for signum in (*STOP_SIGNALS, signal.SIGHUP):
-            signal.signal(signum, self._record)
-        sys.stdout.flush()
+        with SignalPipe((*STOP_SIGNALS, signal.SIGHUP)) as signals:
+            sys.stdout.flush()
+            return self._supervise(argv, signals)
+
+    def _supervise(self, argv: list[str], signals: SignalPipe) -> int:
+        program = self.program
         # the same process group: supervisord's stopasgroup/killasgroup reach the child too
         child = subprocess.Popen(argv, preexec_fn=_die_with_parent)
         write_atomically(program.pid_path(), f"{child.pid}\n", mode=0o600)
@@ -287,21 +283,15 @@ class Parent:
                     waits.append(self.address_check_at - time.monotonic())
                 if deadline is not None:
                     waits.append(deadline - time.monotonic())
-                watched = [child_end, wake_read]
+                watched = [child_end, signals.fileno()]
                 if self.watcher.fileno() >= 0:
                     watched.append(self.watcher.fileno())
                 ready, _, _ = select.select(watched, [], [], max(0.0, min(waits)))
                 if child_end in ready:
                     break
-                if wake_read in ready:
-                    try:
-                        os.read(wake_read, 512)
-                    except BlockingIOError:
-                        pass
                 if self.watcher.fileno() in ready and self.address_check_at is None:
                     self.address_check_at = time.monotonic() + ADDRESS_SETTLE_SECONDS
-                while self.pending:
-                    signum = self.pending.pop(0)
+                for signum in signals.take():
                     if signum in STOP_SIGNALS:
                         stopping = True
                         child.send_signal(signal.SIGTERM)
@@ -326,9 +316,6 @@ class Parent:
                         program.addresses_changed(changed, child)
         finally:
             os.close(child_end)
-            signal.set_wakeup_fd(-1)
-            os.close(wake_read)
-            os.close(wake_write)
         code = child.wait()
         program.pid_path().unlink(missing_ok=True)
         if not stopping and code != 0:
