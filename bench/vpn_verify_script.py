@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lthn import config as config_mod  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
+from lthn.refusals import Refusal  # noqa: E402
+from lthn.source_policy import SourcePolicy  # noqa: E402
 from services.vpn import admission  # noqa: E402
-from services.vpn.bans import Bans  # noqa: E402
 
 
 def main() -> int:
@@ -27,11 +28,14 @@ def main() -> int:
     config = config_mod.load(os.environ["LTHN_CONFIG"])
     ledger = Ledger.open(config.ledger_path)
     try:
-        bans = Bans()
-        bans.load(ledger.bans())
+        policy = SourcePolicy.load(config, ledger)    # the lists' files and the bans
+
+        def source_refusal(ip: str) -> tuple[Refusal, str] | None:
+            refusal = policy.decide(ip, time.time())
+            return None if refusal is None else (refusal, ip)
         decision = admission.decide(config, username, password,
                                     os.environ.get("untrusted_ip", ""), ledger.authid,
-                                    lambda ip: bans.reason_for(ip, time.time()))
+                                    source_refusal)
     finally:
         ledger.close()
     return 0 if decision.allowed else 1

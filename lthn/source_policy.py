@@ -12,6 +12,7 @@ address at all.
 
     policy = SourcePolicy.load(config, ledger)     # lists from their files, bans from the ledger
     refusal = policy.decide("203.0.113.7", time.time())
+    verdict = policy.verdict("203.0.113.7", time.time())   # the same, and which rule
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ipaddress
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from lthn.address_lists import ListKind, ListUnreadable, Network, networks, read_list
@@ -43,6 +45,20 @@ def parse_address(text: str) -> Address:
 
 def _covers(nets: Iterable[Network], address: Address) -> bool:
     return any(address.version == n.version and address in n for n in nets)
+
+
+class Rule(Enum):
+    """Which rule refused a source, in words for a log line."""
+    DENIED = "is in the source deny list"
+    NOT_ALLOWED = "is not in the source allow list"
+    BANNED = "is banned"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    refusal: Refusal
+    rule: Rule
+    ban: Network | None = None     # the ban in force that covers the source (BANNED)
 
 
 @dataclass(frozen=True)
@@ -69,21 +85,29 @@ class SourcePolicy:
 
     def decide(self, source: str, now: float) -> Refusal | None:
         """The refusal for `source` at `now`, or None when it may connect."""
+        verdict = self.verdict(source, now)
+        return None if verdict is None else verdict.refusal
+
+    def verdict(self, source: str, now: float) -> Verdict | None:
+        """`decide`, with which rule refused (for a log line), or None when it may
+        connect."""
         address = parse_address(source)
         if _covers(self.deny, address):
-            return Refusal.DENY_SRC_IP
+            return Verdict(Refusal.DENY_SRC_IP, Rule.DENIED)
         if self.allow and not _covers(self.allow, address):
-            return Refusal.DENY_SRC_IP
-        if not self.exempt(address) and any(
-                expires > now and address.version == n.version and address in n
-                for n, expires in self.bans.items()):
-            return Refusal.BANNED
+            return Verdict(Refusal.DENY_SRC_IP, Rule.NOT_ALLOWED)
+        if not self.exempt(address):
+            for network, expires in self.bans.items():
+                if expires > now and address.version == network.version \
+                        and address in network:
+                    return Verdict(Refusal.BANNED, Rule.BANNED, network)
         return None
 
     @classmethod
     def load(cls, config: Config, ledger: Ledger, now: float | None = None) -> SourcePolicy:
-        """The lists from their files (an unreadable one counts as empty here: firewalld is
-        the one that keeps last good lists and says so) and the bans in force."""
+        """The lists from their files, read once (an unreadable one counts as empty here:
+        the daemons, which watch the files, keep the last good list and say so:
+        lthn/list_files.py) and the bans in force."""
         lists = {}
         for name in ("src_deny", "src_allow"):
             try:

@@ -34,6 +34,8 @@ class Rig:
             "services": [{"id": "2B", "name": "v", "type": "vpn", "cost": "0.001",
                           "firstPrePaidMinutes": 1}],
             "sessions": {"tracking": tracking},
+            "firewall": {"src_deny": str(tmp_path / "src_deny.ips"),
+                         "src_allow": str(tmp_path / "src_allow.ips")},
             "vpn": {"enabled": True}}, "test.yaml")
         (tmp_path / "node.yaml").write_text(f"provider: {{id: \"{'ab' * 32}\"}}\n"
                                             f"state_dir: {tmp_path / 'state'}\n")
@@ -188,6 +190,28 @@ def test_a_network_ban_refuses_logins_from_inside_it(rig):
     rig.fake.send(connect_block(1, 1, PAID, PAID, ip="10.99.1.9"))
     rig.pump(lambda: len(rig.sent("client-")) == 2)
     assert rig.sent("client-") == ['client-deny 0 1 "BANNED" "BANNED"', "client-auth-nt 1 1"]
+
+
+def test_a_source_written_into_the_deny_list_is_refused_until_the_line_goes(rig, tmp_path):
+    """The list file is watched on vpnd's timer (no restart, no message): DENY_SRC_IP,
+    published as `access.refused` for firewalld (which never counts it toward a ban);
+    the line removed, the same source logs in again (issue #17)."""
+    rig.attached()
+    deny = tmp_path / "src_deny.ips"
+    deny.write_text("10.99.0.9\n")
+    rig.pump(lambda: rig.vpnd.sources.policy.deny, timeout=2)
+    rig.fake.send(connect_block(0, 1, PAID, PAID, ip="10.99.0.9"))
+    rig.fake.send(connect_block(1, 1, PAID, PAID, ip="10.99.0.10"))
+    rig.pump(lambda: len(rig.sent("client-")) == 2)
+    assert rig.sent("client-") == ['client-deny 0 1 "DENY_SRC_IP" "DENY_SRC_IP"',
+                                   "client-auth-nt 1 1"]
+    assert rig.published == [AccessRefused(reason="DENY_SRC_IP", source="10.99.0.9",
+                                           authid="", destination="", kind="vpn")]
+    deny.write_text("# nobody\n")
+    rig.pump(lambda: not rig.vpnd.sources.policy.deny, timeout=2)
+    rig.fake.send(connect_block(2, 1, PAID, PAID, ip="10.99.0.9"))
+    rig.pump(lambda: len(rig.sent("client-")) == 3)
+    assert rig.sent("client-")[-1] == "client-auth-nt 2 1"
 
 
 def test_openvpn_going_away_is_said_in_the_snapshot_and_a_new_one_is_attached(rig, tmp_path):

@@ -3,7 +3,7 @@ escalating bans (issue #17).
 
 What it does, each turn of the one daemon loop:
 - every `firewall.poll_interval` (0.1 s): re-reads the list files that changed
-  (services/firewalld/lists.py) and swaps them into haproxy's runtime ACLs (no reload);
+  (lthn/list_files.py) and swaps them into haproxy's runtime ACLs (no reload);
   reads haproxy's per-source offence counters, only the sources over the lowest
   threshold (services/firewalld/offences.py), and bans those over a threshold of one
   kind (services/firewalld/ban_rules.py, services/firewalld/bans.py);
@@ -35,8 +35,10 @@ from lthn.bus import Envelope
 from lthn.config import Config
 from lthn.control import Asked, Refused
 from lthn.daemon import Daemon, run_daemon
+from lthn.haproxy.firewall_files import LIST_KINDS
 from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
+from lthn.list_files import ListFiles
 from lthn.messages import AccessRefused, BanAdded, BanLifted
 from lthn.refusals import Refusal, RefusalKind
 from lthn.requests import AddBan, BanChanged, LiftBan
@@ -44,7 +46,6 @@ from lthn.source_policy import SourcePolicy
 from services.firewalld import ban_rules
 from services.firewalld.bans import BanManager, Offence
 from services.firewalld.haproxy_firewall import HaproxyFirewall, RuntimeAnswerError
-from services.firewalld.lists import ListFiles
 from services.firewalld.nftables import NftablesBans, NftablesUnavailable, table_name
 from services.firewalld.refusal_counter import RefusalCounter
 
@@ -101,7 +102,7 @@ class Firewalld(Daemon):
         self.vpn_counters = {kind: RefusalCounter(settings.refusal_window,
                                                   ban_rules.threshold(settings, kind))
                              for kind in ban_rules.BANNING_KINDS}
-        self.lists = ListFiles(self.config)
+        self.lists = ListFiles(self.config, LIST_KINDS)
         self.lists.poll()
         self.haproxy = HaproxyFirewall(self.config, HaproxyAdmin(self.config.haproxy_admin_socket,
                                                                  timeout=2.0))

@@ -1,9 +1,12 @@
 """The VPN login decision: may this username/password from this address use the tunnel?
 
-The same rules as proxy admission (issue #18): the username is an authid (16 hex
-characters, any case; the Lethean client sends it upper-case on both lines), the password
-is the same authid, the source address is not banned, and the ledger calls the authid
-ACTIVE for a service of type vpn. Pure: the ledger is asked through two callables.
+The same rules as proxy admission (issues #17, #18): first the source address, by the
+decision haproxy's rules make (lthn/source_policy.py: not in the operator's deny list, in
+the allow list when that is not empty, not banned unless exempt), whatever the client
+sent; then the username is an authid (16 hex characters, any case; the Lethean client
+sends it upper-case on both lines), the password is the same authid, and the ledger calls
+the authid ACTIVE for a service of type vpn. Pure: the source rules and the ledger are
+asked through two callables.
 
 What the client sent is checked here before anything else looks at it, and never goes
 back to OpenVPN: the refusal reason a client sees is one of the codes below, and the
@@ -30,9 +33,11 @@ BAD_AUTHID = Refusal.BAD_AUTHID.code       # the username is not an authid, or O
                                            # block for the login was not whole
 BAD_PASSWORD = Refusal.BAD_PASSWORD.code   # the password is not the username's authid
 BANNED = Refusal.BANNED.code               # the source address is banned (firewalld)
+DENY_SRC_IP = Refusal.DENY_SRC_IP.code     # the source address is in the operator's deny
+                                           # list, or not in a non-empty allow list
 NO_PAYMENT = Refusal.NO_PAYMENT.code       # unknown, not (yet, any more) paid, not vpn
 NODE_FAULT = Refusal.CONNECTION_ERROR.code  # the node could not decide (the ledger failed)
-REASONS = (BAD_AUTHID, BAD_PASSWORD, BANNED, NO_PAYMENT, NODE_FAULT)
+REASONS = (BAD_AUTHID, BAD_PASSWORD, BANNED, DENY_SRC_IP, NO_PAYMENT, NODE_FAULT)
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,17 @@ def _shown(text: str) -> str:
 
 def decide(config: Config, username: str | None, password: str | None, source: str,
            row_of: Callable[[str], AuthidRow | None],
-           ban_of: Callable[[str], str | None], problem: str = "") -> Decision:
-    """The decision for one login (CONNECT or REAUTH)."""
+           source_refusal: Callable[[str], tuple[Refusal, str] | None],
+           problem: str = "") -> Decision:
+    """The decision for one login (CONNECT or REAUTH). `source_refusal(source)`: the
+    refusal of the source and why, or None (services/vpn/source_rules.py)."""
+    if source:
+        # before anything the client sent, as haproxy refuses a source before reading a
+        # request: a refused source's logins never count as bad authids toward a ban
+        refused = source_refusal(source)
+        if refused is not None:
+            refusal, why = refused
+            return Decision(False, refusal.code, detail=why)
     if problem:
         return Decision(False, BAD_AUTHID, detail=f"malformed login ({problem})")
     if not username:
@@ -66,10 +80,6 @@ def decide(config: Config, username: str | None, password: str | None, source: s
     if password is None or len(password) > MAX_CREDENTIAL or not hmac.compare_digest(
             password.upper().encode("utf-8", "replace"), authid.encode()):
         return Decision(False, BAD_PASSWORD, authid, "the password is not the authid")
-    if source:
-        ban = ban_of(source)
-        if ban is not None:
-            return Decision(False, BANNED, authid, f"{source} is banned ({ban})")
     row = row_of(authid)
     if row is None:
         return Decision(False, NO_PAYMENT, authid, f"authid {short(authid)} is unknown")

@@ -3,9 +3,11 @@
 - Attaches to the management socket (retrying every RECONNECT_SECONDS while OpenVPN is
   away), asks `pid` and `status 3`, starts `bytecount`, and releases OpenVPN's hold: no
   login can arrive before someone is listening.
-- Answers every >CLIENT:CONNECT / REAUTH at once from the ledger (services/vpn/
-  admission.py): `client-auth-nt` or `client-deny` with a reason code; refusals are
-  published as `access.refused` (kind vpn) for firewalld.
+- Answers every >CLIENT:CONNECT / REAUTH at once (services/vpn/admission.py): the
+  source by the operator's lists and the bans (services/vpn/source_rules.py: the list
+  files re-read within a second of a change, the bans on `ban.*` and every 10 s), then
+  the authid by the ledger: `client-auth-nt` or `client-deny` with a reason code;
+  refusals are published as `access.refused` (kind vpn) for firewalld.
 - Follows ESTABLISHED / DISCONNECT / BYTECOUNT_CLI into the client table and writes the
   snapshot sessiond charges from (services/vpn/clients.py).
 - Cuts the clients of an authid when sessiond asks (`session.kill`, kind vpn) with
@@ -33,7 +35,6 @@ from lthn.ledger import Ledger
 from lthn.messages import AccessRefused, BanAdded, BanLifted, SessionCut, SessionKill
 from lthn.vpn.contract import ref, write_snapshot
 from services.vpn import admission
-from services.vpn.bans import RELOAD_SECONDS, Bans
 from services.vpn.clients import ClientTable
 from services.vpn.management import (
     ByteCount,
@@ -48,6 +49,7 @@ from services.vpn.management import (
     parse_status,
 )
 from services.vpn.management_link import Answer, LinkDown, ManagementLink
+from services.vpn.source_rules import LIST_POLL_SECONDS, RELOAD_SECONDS, SourceRules
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,13 @@ class Vpnd(Daemon):
         self.killing: dict[int, tuple[str, str]] = {}      # cid -> (authid, reason)
         self.cut_counts: dict[str, int] = {}               # authid -> clients cut so far
         self.garbage = 0
-        self.bans = Bans()
+        self.sources = SourceRules(config)
 
     # --- attaching ---
     def start(self) -> None:
+        self.sources.poll_lists()
         self.reload_bans()
+        self.timers.every(LIST_POLL_SECONDS, self.sources.poll_lists, first=LIST_POLL_SECONDS)
         self.timers.every(RELOAD_SECONDS, self.reload_bans, first=RELOAD_SECONDS)
         self.attach()
         self.timers.every(RECONNECT_SECONDS, self.attach, first=RECONNECT_SECONDS)
@@ -248,7 +252,7 @@ class Vpnd(Daemon):
         try:
             decision = admission.decide(self.config, block.env.get("username"),
                                         block.env.get("password"), source, self.ledger.authid,
-                                        lambda ip: self.bans.reason_for(ip, self.wall()),
+                                        lambda ip: self.sources.refusal(ip, self.wall()),
                                         block.problem)
             if not decision.allowed and block.kind == "reauth" and decision.reason == \
                     admission.NO_PAYMENT and self.left_alone(block.cid, decision.authid):
@@ -325,7 +329,7 @@ class Vpnd(Daemon):
             self.reload_bans()
 
     def reload_bans(self) -> None:
-        self.bans.load(self.ledger.bans())
+        self.sources.load_bans(self.ledger.bans())
 
     def kill(self, authid: str, reason: str, only: str = "") -> int:
         """client-kill every live client of `authid` (or only the one whose session ref is
@@ -368,15 +372,16 @@ class Vpnd(Daemon):
     def status_details(self) -> dict:
         live = sum(1 for c in self.clients.by_cid.values() if c.live)
         return {"openvpn": f"attached (pid {self.openvpn_pid})" if self.openvpn_pid
-                else "not attached", "clients": live, "bans": len(self.bans.rows)}
+                else "not attached", "clients": live, "bans": len(self.sources.bans)}
 
     def refresh(self) -> str:
-        """Re-read the bans and ask OpenVPN for its clients now."""
+        """Re-read the bans and the source lists and ask OpenVPN for its clients now."""
         self.reload_bans()
+        self.sources.poll_lists()
         if not self.link.connected:
-            return "vpnd: bans re-read; not attached to OpenVPN"
+            return "vpnd: bans and source lists re-read; not attached to OpenVPN"
         self.reconcile()
-        return "vpnd: bans re-read; asked OpenVPN for its clients (status 3)"
+        return "vpnd: bans and source lists re-read; asked OpenVPN for its clients (status 3)"
 
     # --- the snapshot sessiond reads ---
     def write_snapshot(self) -> None:

@@ -369,6 +369,31 @@ def test_issue_18_operator_kills_a_vpn_session_and_bans_a_source(clients, namesp
     clients.client("unbanned", authid).wait_connected()
 
 
+def test_issue_17_vpn_source_in_the_deny_list_is_refused_until_the_line_goes(clients):
+    """The client's address written into `src_deny.ips` (nothing restarted): its login is
+    refused DENY_SRC_IP within a second of the save, though its authid is paid; the line
+    removed, the same client logs in again."""
+    authid = new_authid("2B")
+    clients.credit(authid, PLENTY)
+    deny = clients.config.list_path("src_deny")
+    mark = len(clients.vpnd_log())
+    deny.write_text("# e2e (#17)\n10.99.0.2\n")
+    try:
+        clients.node.wait_log("vpnd", f"{deny}: 1 entries (was 0), applied", timeout=5,
+                              after=mark)
+        refused = clients.client("denied", authid)
+        refused.wait_exit(timeout=20)               # auth-retry none: it gives up
+        assert "AUTH_FAILED,DENY_SRC_IP" in refused.log(), refused.log()[-1500:]
+        assert "login refused DENY_SRC_IP (10.99.0.2 is in the source deny list " \
+            "(src_deny.ips))" in clients.vpnd_log()[mark:]
+    finally:
+        mark = len(clients.vpnd_log())
+        deny.write_text("# e2e (#17): emptied\n")
+    clients.node.wait_log("vpnd", f"{deny}: 0 entries (was 1), applied", timeout=5,
+                          after=mark)
+    clients.client("readmitted", authid).wait_connected()
+
+
 def test_issue_18_real_payment_opens_the_tunnel(clients, regtest, namespaces):
     """A real regtest payment for an authid: lthn-paymentd (beside the node: the wallet
     listens on the host's loopback) credits it, and the client that was refused

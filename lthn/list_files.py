@@ -1,25 +1,31 @@
-"""The operator's four list files, watched (issue #17): `src_allow.ips`, `src_deny.ips`,
+"""The operator's list files, watched (issue #17): `src_allow.ips`, `src_deny.ips`,
 `dst_deny.ips`, `dst_deny.doms` (paths: `Config.list_path`; format: lthn/address_lists.py).
+firewalld watches all four (for haproxy and squid), lthn-vpnd the two source lists (for
+VPN logins); each reads the files itself.
 
 Each file's (inode, size, mtime) is compared every poll; a changed file is parsed again.
-Malformed lines are logged with file and line number and skipped. A file that cannot be
-read keeps the last good list, said once per outage. An absent file is an empty list.
+Malformed lines are logged with file and line number and skipped, once per change of the
+file. A file that cannot be read keeps the last good list, said once per outage. An
+absent file is an empty list.
+
+    files = ListFiles(config, {"src_deny": ListKind.ADDRESSES})
+    changed = files.poll()          # on a timer: the names whose entries changed
+    files.lists()["src_deny"]       # ("10.0.0.0/8", "203.0.113.7", ...)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from lthn.address_lists import ListKind, ListUnreadable, read_list
 from lthn.config import Config
-from lthn.haproxy.firewall_files import LIST_KINDS
 
 log = logging.getLogger(__name__)
 
-KINDS = LIST_KINDS
 MAX_PROBLEMS_LOGGED = 20   # per file and change, then a count
 
 
@@ -43,9 +49,12 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 class ListFiles:
-    def __init__(self, config: Config) -> None:
+    """The lists named in `kinds` (Config.list_path names: "src_deny", "src_allow",
+    "dst_deny_ips", "dst_deny_domains"), each of the kind given."""
+
+    def __init__(self, config: Config, kinds: Mapping[str, ListKind]) -> None:
         self.files = {name: Watched(config.list_path(name), kind)
-                      for name, kind in KINDS.items()}
+                      for name, kind in kinds.items()}
         self.loaded = False
 
     def lists(self) -> dict[str, tuple[str, ...]]:
@@ -61,12 +70,12 @@ class ListFiles:
             stamp = _stamp(watched.path)
             if self.loaded and stamp == watched.stamp and watched.failing is None:
                 continue
-            if self._read(name, watched, stamp):
+            if self._read(watched, stamp):
                 changed.add(name)
         self.loaded = True
         return changed
 
-    def _read(self, name: str, watched: Watched, stamp: tuple[int, int, int] | None) -> bool:
+    def _read(self, watched: Watched, stamp: tuple[int, int, int] | None) -> bool:
         try:
             parsed = read_list(watched.path, watched.kind)
         except ListUnreadable as exc:
