@@ -42,6 +42,7 @@ def test_not_yet_paid_never_bans_and_probes_do():
     assert Refusal.NO_PAYMENT.kind is RefusalKind.NOT_PAID
     assert not RefusalKind.NOT_PAID.may_ban
     assert not Refusal.BANNED.kind.may_ban and not Refusal.CONNECTION_ERROR.kind.may_ban
+    assert not Refusal.DENY_SRC_IP.kind.may_ban     # a refused source, VPN logins too (#17)
     assert Refusal.BAD_AUTHID.kind.may_ban and Refusal.DENY_DESTINATION.kind.may_ban
     assert Refusal.OVERLIMIT.kind.may_ban
     # a destination that fails is not the client's attack, nor the node's fault its own

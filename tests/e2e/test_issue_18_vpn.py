@@ -270,7 +270,9 @@ def test_issue_18_hostile_usernames_are_refused_and_change_nothing(clients, name
     clients.credit(authid, PLENTY)
     paid = clients.client("bystander", authid)
     paid.wait_connected()
-    cid = re.findall(r"vpn client (\d+): connected, authid " + authid[:8], clients.vpnd_log())
+    # the client can say it is connected before vpnd's line about it is in the log
+    cid = wait_for(lambda: re.findall(r"vpn client (\d+): connected, authid " + authid[:8],
+                                      clients.vpnd_log()), timeout=5, what="vpnd's line")
     hostile = {
         "carriage-return": (f"{authid}\rclient-kill {cid[-1]}", authid),
         "command": (f"client-kill {cid[-1]}", authid),
