@@ -1,9 +1,9 @@
 """May this source address connect? The one decision haproxy's rules make in proxy mode
 (issue #17), as a pure function for every other door (VPN auth):
 
-1. in the deny list -> DENY_SRC_IP;
-2. a non-empty allow list without it -> DENY_SRC_IP (an empty allow list admits everyone);
-3. banned (a ban in force covers it) and not exempt -> BANNED;
+1. banned (a ban in force covers it) and not exempt -> BANNED;
+2. in the deny list -> DENY_SRC_IP;
+3. a non-empty allow list without it -> DENY_SRC_IP (an empty allow list admits everyone);
 4. otherwise admitted (None).
 
 Exempt from bans: the never-ban list (`firewall.never_ban`) and the explicit entries of the
@@ -92,15 +92,16 @@ class SourcePolicy:
         """`decide`, with which rule refused (for a log line), or None when it may
         connect."""
         address = parse_address(source)
-        if _covers(self.deny, address):
-            return Verdict(Refusal.DENY_SRC_IP, Rule.DENIED)
-        if self.allow and not _covers(self.allow, address):
-            return Verdict(Refusal.DENY_SRC_IP, Rule.NOT_ALLOWED)
+        # haproxy's order (services/proxy/haproxy_config.source_rules): bans first
         if not self.exempt(address):
             for network, expires in self.bans.items():
                 if expires > now and address.version == network.version \
                         and address in network:
                     return Verdict(Refusal.BANNED, Rule.BANNED, network)
+        if _covers(self.deny, address):
+            return Verdict(Refusal.DENY_SRC_IP, Rule.DENIED)
+        if self.allow and not _covers(self.allow, address):
+            return Verdict(Refusal.DENY_SRC_IP, Rule.NOT_ALLOWED)
         return None
 
     @classmethod

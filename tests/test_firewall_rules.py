@@ -79,7 +79,7 @@ def test_every_address_written_is_read_back(addresses):
 
 # --- the source decision (proxy rules and VPN auth alike) ---
 
-def test_source_policy_order_deny_allow_ban():
+def test_source_policy_deny_allow_and_the_allow_list_over_bans():
     policy = SourcePolicy.of(deny=["203.0.113.7"], allow=["203.0.113.0/24", "2001:db8::/32"],
                              never_ban=["127.0.0.1"],
                              bans={"203.0.113.9": 200.0, "203.0.113.10": 50.0})
@@ -89,6 +89,16 @@ def test_source_policy_order_deny_allow_ban():
     # the allow list wins over a ban: its own entries are never banned
     assert policy.decide("203.0.113.9", 100) is None
     assert not policy.may_ban("203.0.113.9")
+
+
+def test_source_policy_refuses_in_haproxy_s_order_bans_first():
+    """A source both banned and denied gets BANNED at VPN auth as at haproxy, whose BANNED
+    rule comes before DENY_SRC_IP (test below); it said DENY_SRC_IP at VPN auth."""
+    policy = SourcePolicy.of(deny=["198.51.100.0/24"], bans={"198.51.100.5": 200.0})
+    assert policy.decide("198.51.100.5", 100) is Refusal.BANNED
+    assert policy.decide("198.51.100.5", 300) is Refusal.DENY_SRC_IP   # the ban ended
+    text = haproxy_config.render(cfg())
+    assert text.index("str(BANNED)") < text.index("str(DENY_SRC_IP)")
 
 
 def test_source_policy_bans_end_on_time_and_cover_networks():
