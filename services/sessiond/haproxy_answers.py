@@ -90,21 +90,80 @@ def parse_table(answer: str, table: str) -> list[TableEntry]:
     return entries
 
 
-# one entry of `authid_sessions` as haproxy 2.6 prints it (contract.STICK_TABLE_STORE)
-_COUNTERS = re.compile(r"^0x[0-9a-f]+: key=(\S+) use=\d+ exp=\d+ (conn_cur=\d+ "
-                       r"http_req_cnt=\d+ bytes_in_cnt=\d+ bytes_out_cnt=\d+)$", re.M)
+# one entry of `authid_sessions` as haproxy 2.6 prints it (contract.STICK_TABLE_STORE),
+# less its use= and exp= fields (`_VOLATILE`: exp changes every second on every entry)
+_VOLATILE = re.compile(r" use=[0-9]+ exp=[0-9]+(?= )")
+_COUNTERS = re.compile(r"0x[0-9a-f]+: key=(\S+) (conn_cur=\d+ http_req_cnt=\d+ "
+                       r"bytes_in_cnt=\d+ bytes_out_cnt=\d+)")
+
+
+class TableReader:
+    """Reads successive whole `show table authid_sessions` answers, parsing only the
+    entries whose line changed since the last answer (#16: 10,000 entries a tick, nearly
+    all the same). `counters` is {key: its counters as printed} (`conn_cur=1
+    http_req_cnt=2 bytes_in_cnt=0 bytes_out_cnt=0`) after the last `read`.
+
+    Lines are compared with their `use=` and `exp=` fields taken out; a line not seen
+    last time is parsed and checked in full, so anything but a header and entry lines is
+    an AnswerError (as with `parse_table`), and the reader is then as before the read."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.counters: dict[str, str] = {}
+        self.lines: dict[str, str] = {}      # line as compared -> its key
+        self.line_of: dict[str, str] = {}    # key -> its line as compared
+
+    def read(self, answer: str) -> tuple[dict[str, str | None], set[str]]:
+        """Take the next answer: ({key whose counters changed or that is new: its
+        counters before, None when new}, {keys no longer listed})."""
+        text, volatile = _VOLATILE.subn("", answer)
+        lines = text.split("\n")
+        if not lines[0].startswith(f"# table: {self.table},"):
+            self._refuse(answer)
+        entries = [line for line in lines[1:] if line]
+        if volatile != len(entries):
+            self._refuse(answer)
+        known = self.lines
+        new_lines = [line for line in entries if line not in known]
+        parsed: dict[str, str] = {}
+        keys: list[str] = []
+        for line in new_lines:
+            m = _COUNTERS.fullmatch(line)
+            if m is None or m[1] in parsed:
+                self._refuse(answer)
+            parsed[m[1]] = m[2]
+            keys.append(m[1])
+        # lines gone: the old line of a key listed anew, and every line of a key no
+        # longer listed (only then is the whole answer looked at: an expired entry)
+        replaced = [self.line_of[key] for key in parsed if key in self.line_of]
+        gone: set[str] = set()
+        if len(known) - len(replaced) != len(entries) - len(new_lines):
+            listed = set(entries)
+            gone = {key for line, key in known.items() if line not in listed} - parsed.keys()
+        fresh = {key: self.counters.get(key) for key, counters in parsed.items()
+                 if self.counters.get(key) != counters}
+        for line in replaced:
+            del known[line]
+        for key in gone:
+            del known[self.line_of.pop(key)]
+            del self.counters[key]
+        for line, key in zip(new_lines, keys, strict=True):
+            known[line] = key
+            self.line_of[key] = line
+        self.counters.update(parsed)
+        return fresh, gone
+
+    def _refuse(self, answer: str) -> None:
+        parse_table(answer, self.table)     # says what is wrong
+        raise AnswerError(f"unexpected listing of table {self.table}: {answer[:100]!r}")
 
 
 def table_counters(answer: str, table: str) -> dict[str, str]:
-    """`show table authid_sessions` -> {key: its counters as printed} (`conn_cur=1
-    http_req_cnt=2 bytes_in_cnt=0 bytes_out_cnt=0`), for a caller that compares polls as
-    text and parses (`counters_entry`) only what changed: 10,000 entries a tick (#16).
-    Anything but a header and entry lines is an AnswerError, as with `parse_table`."""
-    found = dict(_COUNTERS.findall(answer))
-    if len(found) != answer.count("\n0x") or not answer.startswith(f"# table: {table},"):
-        parse_table(answer, table)     # says what is wrong
-        raise AnswerError(f"unexpected listing of table {table}: {answer[:100]!r}")
-    return found
+    """`show table authid_sessions` -> {key: its counters as printed}, read on its own
+    (see TableReader). Anything but a header and entry lines is an AnswerError."""
+    reader = TableReader(table)
+    reader.read(answer)
+    return reader.counters
 
 
 def counters_entry(key: str, counters: str) -> TableEntry:

@@ -24,10 +24,10 @@ from services.sessiond.haproxy_answers import (
     AnswerError,
     ClientStreams,
     TableEntry,
+    TableReader,
     counters_entry,
     parse_sessions,
     parse_stream_table,
-    table_counters,
 )
 from services.sessiond.session_book import Observed
 
@@ -47,7 +47,8 @@ class ProxyAdapter:
     def __init__(self, admin: HaproxyAdmin, clock: Callable[[], float] = time.monotonic) -> None:
         self.admin = admin
         self.clock = clock
-        self.last: dict[str, str] | None = None          # previous poll's counters (text)
+        self.table = TableReader(STICK_TABLE)            # the last poll's counters (text)
+        self.first = True                                # no poll answered yet
         self.observed: dict[str, Observed] = {}          # and what it reported
         self.pulse: set[str] = set()     # reported live only for requests since the last
         self.changed: set[str] | None = None  # keys whose observation the last poll changed
@@ -80,25 +81,23 @@ class ProxyAdapter:
         `self.changed` names the keys whose observation differs or that are gone, for the
         book to look at only those (#16: 10,000 quiet tunnels cost a tick nothing)."""
         try:
-            counters = table_counters(self._ask(f"show table {STICK_TABLE}"), STICK_TABLE)
+            fresh, gone = self.table.read(self._ask(f"show table {STICK_TABLE}"))
         except AnswerError as exc:
             raise HaproxyTrouble(f"show table {STICK_TABLE}: {exc}") from exc
-        first = self.last is None
-        before = self.last or {}
-        fresh = {key for key, _ in counters.items() - before.items()}
-        gone = before.keys() - counters.keys()
+        first, self.first = self.first, False
+        counters = self.table.counters
         live = dict(self.observed)
         for key in gone:
             del live[key]
         # live last time only by new requests: the same counters now mean it is not
-        for key in self.pulse - fresh - gone:
+        for key in self.pulse - fresh.keys() - gone:
             live[key] = dataclasses.replace(live[key], live=False)
-        changed = fresh | gone | (self.pulse - gone)
+        changed = fresh.keys() | gone | (self.pulse - gone)
         pulse = set()
         for key in fresh:
             text = counters[key]
             entry = counters_entry(key, text)
-            old = before.get(key, text if first else None)
+            old = text if first else fresh[key]
             prev = counters_entry(key, old) if old is not None else TableEntry(key, 0, 0, 0, 0)
             # a key new since the last poll (or counters reset: the entry expired, or
             # haproxy restarted) counts from zero; on the first poll only conn_cur says live
@@ -118,7 +117,7 @@ class ProxyAdapter:
             for key in opening:
                 live[key] = dataclasses.replace(live[key], source=sources.get(key, ""))
             changed.update(opening)
-        self.last, self.observed, self.pulse, self.changed = counters, live, pulse, changed
+        self.observed, self.pulse, self.changed = live, pulse, changed
         return live
 
     def _sources(self, authids: set[str]) -> dict[str, str]:
