@@ -652,6 +652,16 @@ def _filters(conditions: dict[str, Any]) -> tuple[str, list[Any]]:
     return where, list(given.values())
 
 
+# authids in one `IN (...)` list: far below SQLite's 32,766 variables and PostgreSQL's
+# 65,535 parameters (sessions_of_many lists each twice)
+BATCH = 500
+
+
+def _batches(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start:start + BATCH]
+
+
 def _payment(row: tuple) -> PaymentRow:
     return PaymentRow(*row[:6], bool(row[6]), *row[7:])
 
@@ -793,6 +803,16 @@ class Tx:
         return [r[0] for r in self.conn.execute(f"{sql} AND service_id IN ({marks})",
                                                 service_ids)]
 
+    def authid_rows(self, authids: list[str]) -> dict[str, AuthidRow]:
+        """The rows of these authids (those in the ledger), by authid: one statement per
+        BATCH authids instead of one each (a tick looks at hundreds, #16)."""
+        out: dict[str, AuthidRow] = {}
+        for part in _batches(authids):
+            out.update((r[0], AuthidRow(*r)) for r in self.conn.execute(
+                f"SELECT {_AUTHID_COLS} FROM authids WHERE authid IN "
+                f"({','.join('?' * len(part))})", part))
+        return out
+
     def authids_in(self, states: tuple[str, ...]) -> list[AuthidRow]:
         marks = ",".join("?" * len(states))
         return [AuthidRow(*r) for r in self.conn.execute(
@@ -846,13 +866,11 @@ class Tx:
                   period: int = 0) -> tuple[int, int]:
         """Add to the authid's spend row of `period` (minute of use); returns its totals
         (amount, ms) so far."""
-        self.conn.execute(
+        row = self.conn.execute(
             "INSERT INTO spends (authid, period, amount, ms, at, reason) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT (authid, period) DO UPDATE SET amount = spends.amount + "
-            "excluded.amount, ms = spends.ms + excluded.ms, at = excluded.at",
-            (authid, period, amount, ms, self.now, reason))
-        row = self.conn.execute("SELECT amount, ms FROM spends WHERE authid = ? AND period = ?",
-                                (authid, period)).fetchone()
+            "excluded.amount, ms = spends.ms + excluded.ms, at = excluded.at "
+            "RETURNING amount, ms", (authid, period, amount, ms, self.now, reason)).fetchone()
         return int(row[0]), int(row[1])
 
     def spends_total(self, authid: str) -> int:
@@ -894,6 +912,27 @@ class Tx:
             f"UNION ALL SELECT {_SESSION_COLS} FROM sessions WHERE state = 'CLOSED' "
             "AND authid = ? AND ended > ? ORDER BY started, id",
             (authid, authid, ended_after))]
+
+    def sessions_of_many(self, ended_after: Mapping[str, float]
+                         ) -> dict[str, list[SessionRow]]:
+        """`sessions_of` for many authids at once ({authid: ended_after}): each one's
+        sessions still open or ended after its own time, oldest first; an authid without
+        any is left out. One statement per BATCH authids (a tick looks at hundreds, #16)."""
+        out: dict[str, list[SessionRow]] = {}
+        if not ended_after:
+            return out
+        earliest = min(ended_after.values())
+        for part in _batches(list(ended_after)):
+            marks = ",".join("?" * len(part))
+            for r in self.conn.execute(
+                    f"SELECT {_SESSION_COLS} FROM sessions WHERE state = 'OPEN' AND authid "
+                    f"IN ({marks}) UNION ALL SELECT {_SESSION_COLS} FROM sessions WHERE "
+                    f"state = 'CLOSED' AND authid IN ({marks}) AND ended > ? "
+                    "ORDER BY started, id", (*part, *part, earliest)):
+                row = SessionRow(*r)
+                if row.ended is None or row.ended > ended_after[row.authid]:
+                    out.setdefault(row.authid, []).append(row)
+        return out
 
     def authids_owing_session_time(self, grace: float) -> set[str]:
         """Active, spending authids with a closed session that ended (plus `grace`

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from lthn import access, credit_rules
 from lthn.authid import short
-from lthn.config import Config
+from lthn.config import Config, Service
 from lthn.credit_rules import MS_PER_MINUTE
 from lthn.ledger import AuthidRow, SessionRow, Tx
 from services.sessiond.schedule import REGULAR, SOON, URGENT, Schedule
@@ -30,6 +30,7 @@ ACTOR = "sessiond"
 WALLCLOCK = "wallclock"
 CONNECTED = "connected"
 MS_PER_SECOND = 1000
+ACTIVE = access.State.ACTIVE.value
 CHANGES_PER_TICK = 5000    # ledger changes read in one tick (a burst waits for the next)
 WAITING_PER_TICK = 1000    # authids listed as past their max wait to spend, per tick
 
@@ -139,7 +140,7 @@ def next_look(row: AuthidRow, now: int, spans: list[Span], mode: str, grace_ms: 
     """When an authid needs its next look, after one at `now` left `row` (pure): (ms,
     schedule level), or None until its session opens, the ledger changes it, or (not
     spending yet) the ledger lists it as waiting past the max wait to spend."""
-    if row.state != access.State.ACTIVE.value or row.spending_since is None:
+    if row.state != ACTIVE or row.spending_since is None:
         return None
     if not policy.tracking:
         mode = WALLCLOCK
@@ -163,6 +164,10 @@ class TickResult:
     deactivated: list[str]       # authids this tick deactivated (credit exhausted)
     not_active: set[str]         # live authids the ledger does not call active
     looked: int = 0              # authids looked at (rows read) this tick
+
+
+def _grace_ms(service: Service) -> int:
+    return round(service.idleGrace * 1000)
 
 
 def _runs_without_session(config: Config, row: AuthidRow) -> bool:
@@ -197,7 +202,7 @@ def _follow_changes(tx: Tx, config: Config, schedule: Schedule, live: set[str],
     assert schedule.seq is not None
     for seq, row in tx.authids_changed(schedule.seq, CHANGES_PER_TICK):
         schedule.seq = max(schedule.seq, seq)
-        if row.state != access.State.ACTIVE.value:
+        if row.state != ACTIVE:
             schedule.put(row.authid, None)
             if row.authid in live:
                 schedule.inactive.add(row.authid)
@@ -236,24 +241,33 @@ def charge_tick(tx: Tx, config: Config, schedule: Schedule, live: set[str],
     charged: dict[str, int] = {}
     deactivated: list[str] = []
     looked = schedule.pop_due(now)
+    # every row and session the looks need, read in two statements (#16); a look changes
+    # only its own authid's row, so reading them all first reads what each look would
+    rows = tx.authid_rows(looked)
+    services = {sid: config.service(sid) for sid in {r.service_id for r in rows.values()}}
+    rules = {sid: access.rules_for(config, s) for sid, s in services.items() if s is not None}
+    sessions: dict[str, list[SessionRow]] = {}
+    if policy.tracking:
+        sessions = tx.sessions_of_many({
+            authid: (_floor(row) - _grace_ms(services[row.service_id])) / 1000
+            for authid, row in rows.items() if row.state == ACTIVE
+            and services[row.service_id] is not None})
     for authid in looked:
-        row = tx.authid(authid)
-        if row is None or row.state != access.State.ACTIVE.value:
+        row = rows.get(authid)
+        if row is None or row.state != ACTIVE:
             if authid in live:
                 schedule.inactive.add(authid)
             continue
         schedule.inactive.discard(authid)
-        service = config.service(row.service_id)
+        service = services[row.service_id]
         if service is None:
             # never charged; looked at again when the ledger changes it (or a restart)
             log.warning("authid %s: service %s is not in the config; not charged",
                         short(row.authid), row.service_id)
             continue
-        grace = round(service.idleGrace * 1000)
+        grace = _grace_ms(service)
         mode = service.billing if policy.tracking else WALLCLOCK
-        spans: list[Span] = []
-        if policy.tracking:
-            spans = spans_of(tx.sessions_of(row.authid, (_floor(row) - grace) / 1000))
+        spans = spans_of(sessions.get(authid, ()))
         decision = plan(row, now, spans, mode, grace, policy)
         if decision.spending_since is not None:
             # ACTIVE, not spending -> spending
@@ -261,15 +275,14 @@ def charge_tick(tx: Tx, config: Config, schedule: Schedule, live: set[str],
             tx.audit(ACTOR, "spending", row.authid, why=decision.why,
                      since=decision.spending_since / 1000)
             log.info("authid %s: spending started (%s)", short(row.authid), decision.why)
-        rules = access.rules_for(config, service)
         if decision.ms > 0:
-            done = access.charge(tx, row, rules, decision.ms, mode, ACTOR)
+            done = access.charge(tx, row, rules[row.service_id], decision.ms, mode, ACTOR)
             charged[row.authid] = done.amount
-            row = access.reevaluate(tx, done.row, rules, ACTOR)
-            if row.state != access.State.ACTIVE.value:
+            row = access.reevaluate(tx, done.row, rules[row.service_id], ACTOR)
+            if row.state != ACTIVE:
                 deactivated.append(row.authid)
                 continue
-        look = next_look(row, now, spans, mode, grace, policy, rules)
+        look = next_look(row, now, spans, mode, grace, policy, rules[row.service_id])
         if look is not None:
             schedule.put(row.authid, *look)
     return TickResult(charged, deactivated, set(schedule.inactive), len(looked))
