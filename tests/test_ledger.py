@@ -16,6 +16,7 @@ import msgpack
 import pytest
 import yaml
 
+from lthn import ledger as ledger_mod
 from lthn.ledger import (
     MIGRATIONS,
     Ledger,
@@ -560,4 +561,51 @@ def test_waiting_spending_and_owing_lists(tmp_path):
         assert tx.authids_owing_session_time(5.0) == {c}   # ended after its last charge
         tx.spend(c, 1, 1000)
         assert tx.authids_owing_session_time(0.0) == set()  # charged up to its end
+    ledger.close()
+
+
+def test_batch_reads_of_a_tick_agree_with_the_one_by_one_reads(tmp_path, monkeypatch):
+    """authid_rows and sessions_of_many (#16: a tick reads the authids it looks at in two
+    statements) return what authid and sessions_of return for each, across batches."""
+    monkeypatch.setattr(ledger_mod, "BATCH", 7)     # several IN lists for 20 authids
+    clock = iter(float(t) for t in range(100, 10_000))
+    ledger = Ledger.open(tmp_path / "ledger.sqlite", clock=lambda: next(clock))
+    authids = [f"1A{i:014X}" for i in range(20)]
+    ended_after = {}
+    for n, authid in enumerate(authids):
+        with ledger.transaction() as tx:         # now 100 + n
+            tx.ensure_authid(authid, "1A")
+            tx.credit(authid, 100 * n)
+            for k in range(n % 4):               # 0 to 3 sessions each, some closed
+                sid = tx.open_session("proxy", authid, "127.0.0.1", f"{authid}/{k}")
+                if n % 3:
+                    tx.close_session(sid, "ended", 1, 2)
+        # closed sessions of even authids ended before their time, odd ones after
+        ended_after[authid] = tx.now + (0.5 if n % 2 == 0 else -0.5)
+    missing = "1A00000000FFFFFF"
+    with ledger.transaction() as tx:
+        rows = tx.authid_rows([*authids, missing])
+        assert rows == {authid: tx.authid(authid) for authid in authids}
+        assert tx.authid_rows([]) == {}
+        many = tx.sessions_of_many({**ended_after, missing: 0.0})
+        one_by_one = {authid: tx.sessions_of(authid, after)
+                      for authid, after in ended_after.items()}
+        assert many == {authid: rows for authid, rows in one_by_one.items() if rows}
+        assert any(r.ended is not None for rows in many.values() for r in rows)
+        assert any(r.ended is None for rows in many.values() for r in rows)
+        # an authid's own time leaves out what another's would keep
+        assert sum(map(len, many.values())) < sum(map(len, tx.sessions_of_many(
+            dict.fromkeys(authids, 0.0)).values()))
+        assert tx.sessions_of_many({}) == {}
+    ledger.close()
+
+
+def test_add_spend_returns_the_period_totals(tmp_path):
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    with ledger.transaction() as tx:
+        tx.ensure_authid(A, "1A")
+        assert tx.add_spend(A, 10, 1000, "connected", 0) == (10, 1000)
+        assert tx.add_spend(A, 5, 500, "connected", 0) == (15, 1500)
+        assert tx.add_spend(A, 7, 700, "connected", 1) == (7, 700)
+        assert tx.spends_total(A) == 22
     ledger.close()

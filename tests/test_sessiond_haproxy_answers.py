@@ -6,6 +6,7 @@ import pytest
 
 from services.sessiond.haproxy_answers import (
     AnswerError,
+    TableReader,
     counters_entry,
     normalise_address,
     parse_sessions,
@@ -121,3 +122,58 @@ def test_addresses_normalise_the_same_way_from_log_and_show_sess():
     assert normalise_address("0:0:0:0:0:0:0:1", 5) == "::1:5"
     line = "0x1: proto=tcpv6 src=::1:4000 fe=fe be=be srv=o ts=00\n"
     assert parse_sessions(line)[0].src == normalise_address("::1", 4000)
+
+
+def listing(*entries: tuple[str, str, int, str]) -> str:
+    """A `show table authid_sessions` answer of (ptr, key, exp, counters) entries."""
+    lines = [f"# table: authid_sessions, type: string, size:1048576, used:{len(entries)}"]
+    lines += [f"{ptr}: key={key} use=1 exp={exp} {counters}" for ptr, key, exp, counters
+              in entries]
+    return "\n".join(lines) + "\n\n"
+
+
+def test_table_reader_reports_only_what_changed_between_answers():
+    """The tick's reader (#16) compares lines without use= and exp= (exp changes every
+    second on every entry): only new keys, changed counters and keys gone are reported."""
+    a, b, c = "1A00000000000001", "1A00000000000002", "1A00000000000003"
+    one, two = ("conn_cur=1 http_req_cnt=1 bytes_in_cnt=0 bytes_out_cnt=0",
+                "conn_cur=0 http_req_cnt=1 bytes_in_cnt=600 bytes_out_cnt=554")
+    reader = TableReader("authid_sessions")
+    assert reader.read(listing(("0x1", a, 900, one), ("0x2", b, 800, one))) == (
+        {a: None, b: None}, set())
+    # the same entries a second later: nothing
+    assert reader.read(listing(("0x1", a, 899, one), ("0x2", b, 799, one))) == ({}, set())
+    # a's tunnel closed, c new
+    assert reader.read(listing(("0x1", a, 898, two), ("0x2", b, 798, one),
+                               ("0x3", c, 999, one))) == ({a: one, c: None}, set())
+    assert reader.counters == {a: two, b: one, c: one}
+    # b expired; c's entry made again (another pointer) with the same counters
+    assert reader.read(listing(("0x1", a, 897, two), ("0x4", c, 999, one))) == ({}, {b})
+    assert reader.read(listing(("0x1", a, 896, two), ("0x4", c, 998, one))) == ({}, set())
+    assert reader.counters == {a: two, c: one}
+    # b back, from zero
+    assert reader.read(listing(("0x1", a, 895, two), ("0x5", b, 999, one),
+                               ("0x4", c, 997, one))) == ({b: None}, set())
+    assert reader.read(listing()) == ({}, {a, b, c}) and reader.counters == {}
+
+
+@pytest.mark.parametrize("garbage", [
+    "0x9: key=1A00000000000009 use=1 exp=5 conn_cur=x http_req_cnt=1 bytes_in_cnt=0 "
+    "bytes_out_cnt=0",
+    "0x9: key=1A00000000000009 conn_cur=1 http_req_cnt=1 bytes_in_cnt=0 bytes_out_cnt=0",
+    "0x9: key=1A00000000000009 use=1 exp=5 conn_cur=1 http_req_cnt=1",
+    "hello",
+])
+def test_table_reader_refuses_a_garbage_line_and_keeps_what_it_knew(garbage):
+    """An answer with a line that is no entry is an AnswerError, even when every other
+    line is known; the reader then reads the next answer as if that one never came."""
+    a = "1A00000000000001"
+    one = "conn_cur=1 http_req_cnt=1 bytes_in_cnt=0 bytes_out_cnt=0"
+    reader = TableReader("authid_sessions")
+    reader.read(listing(("0x1", a, 900, one)))
+    good = listing(("0x1", a, 899, one))
+    with pytest.raises(AnswerError):
+        reader.read(good.rstrip("\n") + "\n" + garbage + "\n")
+    with pytest.raises(AnswerError):
+        reader.read(good.replace("# table: authid_sessions", "# table: other"))
+    assert reader.read(good) == ({}, set()) and reader.counters == {a: one}
