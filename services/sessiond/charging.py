@@ -14,6 +14,7 @@ Time is in integer milliseconds (`to_ms`) so consecutive ticks telescope exactly
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ MS_PER_SECOND = 1000
 ACTIVE = access.State.ACTIVE.value
 CHANGES_PER_TICK = 5000    # ledger changes read in one tick (a burst waits for the next)
 WAITING_PER_TICK = 1000    # authids listed as past their max wait to spend, per tick
+LOGGED_STARTS = 10         # spending starts logged one by one in a tick; more: one line
 
 
 def to_ms(t: float) -> int:
@@ -240,6 +242,7 @@ def charge_tick(tx: Tx, config: Config, schedule: Schedule, live: set[str],
     schedule.inactive &= live
     charged: dict[str, int] = {}
     deactivated: list[str] = []
+    started: list[tuple[str, str]] = []    # (authid, why) spending started this tick
     looked = schedule.pop_due(now)
     # every row and session the looks need, read in two statements (#16); a look changes
     # only its own authid's row, so reading them all first reads what each look would
@@ -274,7 +277,7 @@ def charge_tick(tx: Tx, config: Config, schedule: Schedule, live: set[str],
             row = tx.start_spending(row.authid, decision.spending_since / 1000)
             tx.audit(ACTOR, "spending", row.authid, why=decision.why,
                      since=decision.spending_since / 1000)
-            log.info("authid %s: spending started (%s)", short(row.authid), decision.why)
+            started.append((row.authid, decision.why))
         if decision.ms > 0:
             done = access.charge(tx, row, rules[row.service_id], decision.ms, mode, ACTOR)
             charged[row.authid] = done.amount
@@ -285,4 +288,19 @@ def charge_tick(tx: Tx, config: Config, schedule: Schedule, live: set[str],
         look = next_look(row, now, spans, mode, grace, policy, rules[row.service_id])
         if look is not None:
             schedule.put(row.authid, *look)
+    _log_started(started)
     return TickResult(charged, deactivated, set(schedule.inactive), len(looked))
+
+
+def _log_started(started: list[tuple[str, str]]) -> None:
+    """A line per authid that started spending, or one line for the tick when many did
+    (10,000 sessions opening at once: a line each costs more than charging them, #16;
+    the audit has each one)."""
+    if len(started) <= LOGGED_STARTS:
+        for authid, why in started:
+            log.info("authid %s: spending started (%s)", short(authid), why)
+        return
+    whys = Counter(why for _, why in started)
+    log.info("%d authids: spending started (%s), %s, ...", len(started),
+             ", ".join(f"{n} {why}" for why, n in whys.most_common()),
+             ", ".join(short(a) for a, _ in started[:LOGGED_STARTS]))
