@@ -51,3 +51,34 @@ def test_reset_forgets_everything_and_asks_for_a_start():
     schedule.reset()
     assert not schedule.started and len(schedule) == 0 and not schedule.inactive
     assert schedule.per_tick == 7 and schedule.pop_due(10) == []
+
+
+def test_a_wave_is_spread_over_the_ticks_given_and_urgent_looks_never_wait():
+    """10,000 authids due at once (their minutes of use end together, #16), each due again
+    60 ticks after its look, with a spread of 50 ticks: ~240 looks a tick (1.2 x 10,000 /
+    50), every one looked at within 50 ticks, urgent ones all in their tick; a small wave
+    is taken at once (`least`), and never more than `per_tick`."""
+    schedule = Schedule(per_tick=250, spread=50, least=150)
+    for i in range(10_000):
+        schedule.put(f"R{i:05}", 1000)
+    schedule.put("U0", 1000, URGENT)
+    assert schedule.budget() == 241            # 10,001 scheduled
+    sizes, seen, now = [], set(), 1000
+    while len(seen) < 10_000:
+        got = schedule.pop_due(now)
+        assert got[0] == ("U0" if now == 1000 else "U1")
+        sizes.append(len(got) - 1)
+        seen.update(got[1:])
+        for authid in got[1:]:
+            schedule.put(authid, now + 60)     # its next minute of use
+        now += 1
+        schedule.put("U1", now, URGENT)
+    assert len(sizes) <= 50 and max(sizes) <= 241 and min(sizes[:-1]) >= 200
+    small = Schedule(per_tick=250, spread=50, least=150)
+    for i in range(150):
+        small.put(f"R{i}", 10, SOON if i % 2 else REGULAR)
+    assert len(small.pop_due(10)) == 150 and small.budget() == 150
+    crowded = Schedule(per_tick=250, spread=5, least=150)
+    for i in range(2000):
+        crowded.put(f"R{i}", 10)
+    assert crowded.budget() == 250 and len(crowded.pop_due(10)) == 250   # never above

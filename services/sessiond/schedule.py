@@ -9,9 +9,14 @@ its time charged, its next look planned, `charging.next_look`) at one of three l
   a session (wallclock billing);
 - REGULAR: the minute of use it is charging ended, or its idle grace, or its wait for a
   first session (`Tx.authids_waiting_to_spend`).
-SOON and REGULAR share `per_tick` looks a tick, SOON first. With 10,000 live sessions
-each is due once a minute (~170 looks a second), so a tick stays bounded when thousands
-of sessions open at once.
+SOON and REGULAR share a budget of looks a tick, SOON first: enough to look at every
+scheduled authid once in `spread` ticks (sessiond: the ticks of one `charge_interval`)
+with a fifth to spare, at least `least` and at most `per_tick`. With 10,000 live
+sessions each is due once a minute (~170 looks a second); their minutes of use end
+together when they opened together, and that wave is spread over 5/6 of the minute
+(~200 looks a tick) instead of taking `per_tick` every tick for 40 s (#16), so a tick
+stays short and bounded when thousands of sessions open at once. The price: at that
+scale a look comes up to ~50 s after its minute ended (~40 s at `per_tick`).
 A look that comes a few ticks late (thousands of clients reconnecting at once) charges
 the same: charging covers the time from the ledger's `last_used` to now. Losing this
 memory (a restart, `control.resync`) loses nothing: it is planned from the ledger again.
@@ -26,8 +31,10 @@ LEVELS = (URGENT, SOON, REGULAR)
 
 
 class Schedule:
-    def __init__(self, per_tick: int = 250) -> None:
+    def __init__(self, per_tick: int = 250, spread: int = 1, least: int = 150) -> None:
         self.per_tick = per_tick
+        self.spread = max(1, spread)
+        self.least = least
         self.seq: int | None = None          # ledger changes read up to; None: not started
         self.due: dict[str, tuple[int, int]] = {}          # authid -> (ms, level)
         self.heaps: list[list[tuple[int, str]]] = [[] for _ in LEVELS]
@@ -64,15 +71,20 @@ class Schedule:
 
     def pop_due(self, now: int) -> list[str]:
         """The authids to look at now: every urgent one due, then SOON and REGULAR ones
-        due, oldest first, `per_tick` of them at most. Each leaves the schedule until put
+        due, oldest first, `budget()` of them at most. Each leaves the schedule until put
         again."""
+        budget = self.budget()
         out = self._pop(URGENT, now, None)
-        budget = self.per_tick
         for level in (SOON, REGULAR):
             taken = self._pop(level, now, budget)
             budget -= len(taken)
             out += taken
         return out
+
+    def budget(self) -> int:
+        """SOON and REGULAR looks a tick may take now (see the module's docstring)."""
+        wanted = -(-len(self.due) * 6 // (5 * self.spread))     # ceil(1.2 * due / spread)
+        return min(self.per_tick, max(self.least, wanted))
 
     def _pop(self, level: int, now: int, limit: int | None) -> list[str]:
         heap, out = self.heaps[level], []

@@ -64,7 +64,9 @@ class Sessiond(Daemon):
         self.vpn_trouble = ""
         # what a run before #14 kept of the request log: haproxy itself says it now
         (config.state / "run" / "sessiond-clients.json").unlink(missing_ok=True)
-        self.schedule = Schedule()
+        # a wave of minutes of use ending together is spread over the charge interval
+        self.schedule = Schedule(spread=int(config.sessions.charge_interval /
+                                            config.sessions.tick))
         self.rebuilt = False
         self.last_poll_ok = clock()
         self.trouble = ""              # the last haproxy problem logged (logged once)
