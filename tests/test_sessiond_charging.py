@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lthn import access
+from lthn.authid import short
 from lthn.config import parse
 from lthn.ledger import Ledger
 from services.sessiond import charging
@@ -403,3 +404,40 @@ def test_looking_when_due_charges_what_every_tick_would(tmp_path_factory, patter
         results.append((row.charged_ms, row.spent, row.state, ends))
         node.ledger.close()
     assert results[0] == results[1]
+
+
+def test_many_spending_starts_in_a_tick_are_one_log_line_and_an_audit_line_each(
+        tmp_path, caplog):
+    """#16: 9,900 sessions opening at once started spending 250 a tick, a log line each;
+    more than LOGGED_STARTS in a tick are one line (the audit keeps every one)."""
+    clock = HandClock()
+    config = make_config(tmp_path, max_wait=30.0)
+    node = Node(tmp_path / "ledger.sqlite", config, clock)
+    rules = access.rules_for(config, config.services[0])
+    many = [f"1A{i:014X}" for i in range(charging.LOGGED_STARTS + 5)]
+    with node.ledger.transaction() as tx:
+        for authid in [AUTHID, *many]:
+            tx.ensure_authid(authid, "1A")
+            access.reevaluate(tx, tx.credit(authid, 6000), rules, "test")
+    caplog.set_level("INFO", logger=charging.__name__)
+    clock.now = T0 + 31                       # past the max wait: all of them start
+    with node.ledger.transaction() as tx:
+        charging.charge_tick(tx, config, node.schedule, set(), set())
+    lines = [r.getMessage() for r in caplog.records if "spending started" in r.getMessage()]
+    # looked at in the schedule's order: due at the same time, by authid
+    assert lines == [f"{len(many) + 1} authids: spending started ({len(many) + 1} max wait "
+                     "to spend), " + ", ".join(short(a) for a in sorted([AUTHID, *many])[:10])
+                     + ", ..."]
+    assert sum(1 for _, event, _, _ in node.ledger.audit_lines()
+               if event == "spending") == len(many) + 1
+    caplog.clear()
+    with node.ledger.transaction() as tx:     # one more, alone in its tick
+        tx.ensure_authid("1A0000000000FFFF", "1A")
+        access.reevaluate(tx, tx.credit("1A0000000000FFFF", 6000), rules, "test")
+    clock.now = T0 + 62
+    with node.ledger.transaction() as tx:
+        charging.charge_tick(tx, config, node.schedule, set(), set())
+    assert [r.getMessage() for r in caplog.records if "spending started" in
+            r.getMessage()] == [f"authid {short('1A0000000000FFFF')}: spending started "
+                                "(max wait to spend)"]
+    node.ledger.close()
