@@ -177,3 +177,23 @@ def test_table_reader_refuses_a_garbage_line_and_keeps_what_it_knew(garbage):
     with pytest.raises(AnswerError):
         reader.read(good.replace("# table: authid_sessions", "# table: other"))
     assert reader.read(good) == ({}, set()) and reader.counters == {a: one}
+
+
+@pytest.mark.parametrize("size", [1, 7, 60, 1 << 16])
+def test_table_reader_reads_chunks_as_they_come_wherever_they_are_cut(size):
+    """sessiond reads haproxy's answer while it is written (HaproxyAdmin.answer_chunks):
+    chunk boundaries anywhere (mid-line, mid-header) change nothing."""
+    keys = [f"1A{i:014X}" for i in range(30)]
+    counters = "conn_cur=1 http_req_cnt={} bytes_in_cnt=0 bytes_out_cnt=0"
+    answers = [listing(*[(f"0x{i}", k, 900 - t, counters.format(i % (t + 1)))
+                         for i, k in enumerate(keys) if (i + t) % 7]) for t in range(4)]
+    whole, chunked = TableReader("authid_sessions"), TableReader("authid_sessions")
+    for answer in answers:
+        data = answer.encode()
+        parts = [data[i:i + size] for i in range(0, len(data), size)]
+        assert chunked.read_chunks(iter(parts)) == whole.read(answer)
+        assert chunked.counters == whole.counters
+    bad = answers[0].replace("conn_cur=1", "conn_cur=x", 1).encode()
+    with pytest.raises(AnswerError):
+        chunked.read_chunks(iter([bad[i:i + size] for i in range(0, len(bad), size)]))
+    assert chunked.read(answers[-1]) == ({}, set())

@@ -7,6 +7,7 @@ Parsers for the answers live beside their users; one that two programs need live
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -40,6 +41,12 @@ class HaproxyAdmin:
 
         `payload` is sent with haproxy's `<<` syntax (e.g. many `add map` entries at once).
         """
+        return b"".join(self.answer_chunks(line, payload)).decode(errors="replace")
+
+    def answer_chunks(self, line: str, payload: str | None = None) -> Iterator[bytes]:
+        """`command`'s answer as haproxy sends it, chunk by chunk, for a reader that works
+        while haproxy still writes (a `show table` of 10,000 entries, #16). Raises
+        HaproxyUnavailable (an OSError) while iterating as `command` does."""
         if "\n" in line or "\r" in line:
             raise ValueError("a runtime command is one line")
         data = line
@@ -53,14 +60,12 @@ class HaproxyAdmin:
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise HaproxyUnavailable(f"haproxy admin socket {self.path}: {exc}") from exc
             sock.sendall(data.encode() + b"\n")
-            chunks = []
             while True:
                 chunk = sock.recv(1 << 16)
                 if not chunk:
                     break
-                chunks.append(chunk)
+                yield chunk
         except TimeoutError as exc:
             raise HaproxyUnavailable(f"haproxy admin socket {self.path}: no answer") from exc
         finally:
             sock.close()
-        return b"".join(chunks).decode(errors="replace")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from lthn.haproxy.contract import STREAM_KEY_SEPARATOR
 
@@ -93,6 +95,7 @@ def parse_table(answer: str, table: str) -> list[TableEntry]:
 # one entry of `authid_sessions` as haproxy 2.6 prints it (contract.STICK_TABLE_STORE),
 # less its use= and exp= fields (`_VOLATILE`: exp changes every second on every entry)
 _VOLATILE = re.compile(r" use=[0-9]+ exp=[0-9]+(?= )")
+_KEYS = re.compile(r"^0x[0-9a-f]+: key=(\S+) ", re.M)
 _COUNTERS = re.compile(r"0x[0-9a-f]+: key=(\S+) (conn_cur=\d+ http_req_cnt=\d+ "
                        r"bytes_in_cnt=\d+ bytes_out_cnt=\d+)")
 
@@ -116,30 +119,57 @@ class TableReader:
     def read(self, answer: str) -> tuple[dict[str, str | None], set[str]]:
         """Take the next answer: ({key whose counters changed or that is new: its
         counters before, None when new}, {keys no longer listed})."""
-        text, volatile = _VOLATILE.subn("", answer)
-        lines = text.split("\n")
-        if not lines[0].startswith(f"# table: {self.table},"):
-            self._refuse(answer)
-        entries = [line for line in lines[1:] if line]
-        if volatile != len(entries):
-            self._refuse(answer)
+        return self.read_chunks([answer.encode()])
+
+    def read_chunks(self, chunks: Iterable[bytes]) -> tuple[dict[str, str | None], set[str]]:
+        """`read` of an answer as it arrives (HaproxyAdmin.answer_chunks): each chunk's
+        whole lines are compared while haproxy writes the next (#16)."""
         known = self.lines
-        new_lines = [line for line in entries if line not in known]
+        raw: list[bytes] = []
+        rest = b""
+        header: str | None = None
+        entries = volatile = 0
+        new_lines: list[str] = []
+        chunks = iter(chunks)
+        while True:
+            chunk = next(chunks, None)
+            raw.append(chunk or b"")
+            if chunk is None:
+                whole, rest = rest, b""
+            else:
+                cut = chunk.rfind(b"\n")
+                if cut < 0:
+                    rest += chunk
+                    continue
+                whole, rest = rest + chunk[:cut], chunk[cut + 1:]
+            text, count = _VOLATILE.subn("", whole.decode(errors="replace"))
+            lines = text.split("\n")
+            if header is None:
+                header = lines.pop(0)
+                if not header.startswith(f"# table: {self.table},"):
+                    self._refuse(raw, chunks)
+            volatile += count
+            lines = [line for line in lines if line]
+            entries += len(lines)
+            new_lines += [line for line in lines if line not in known]
+            if chunk is None:
+                break
+        if volatile != entries:
+            self._refuse(raw, chunks)
         parsed: dict[str, str] = {}
         keys: list[str] = []
         for line in new_lines:
             m = _COUNTERS.fullmatch(line)
             if m is None or m[1] in parsed:
-                self._refuse(answer)
+                self._refuse(raw, chunks)
             parsed[m[1]] = m[2]
             keys.append(m[1])
         # lines gone: the old line of a key listed anew, and every line of a key no
         # longer listed (only then is the whole answer looked at: an expired entry)
         replaced = [self.line_of[key] for key in parsed if key in self.line_of]
         gone: set[str] = set()
-        if len(known) - len(replaced) != len(entries) - len(new_lines):
-            listed = set(entries)
-            gone = {key for line, key in known.items() if line not in listed} - parsed.keys()
+        if len(known) - len(replaced) != entries - len(new_lines):
+            gone = set(self.counters) - parsed.keys() - self._listed_keys(raw)
         fresh = {key: self.counters.get(key) for key, counters in parsed.items()
                  if self.counters.get(key) != counters}
         for line in replaced:
@@ -153,7 +183,13 @@ class TableReader:
         self.counters.update(parsed)
         return fresh, gone
 
-    def _refuse(self, answer: str) -> None:
+    @staticmethod
+    def _listed_keys(raw: list[bytes]) -> set[str]:
+        """Every key of the answer (only when an entry has gone: an expired one)."""
+        return set(_KEYS.findall(b"".join(raw).decode(errors="replace")))
+
+    def _refuse(self, raw: list[bytes], chunks: Iterator[bytes]) -> NoReturn:
+        answer = b"".join([*raw, *chunks]).decode(errors="replace")
         parse_table(answer, self.table)     # says what is wrong
         raise AnswerError(f"unexpected listing of table {self.table}: {answer[:100]!r}")
 

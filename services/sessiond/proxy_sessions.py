@@ -81,9 +81,13 @@ class ProxyAdapter:
         `self.changed` names the keys whose observation differs or that are gone, for the
         book to look at only those (#16: 10,000 quiet tunnels cost a tick nothing)."""
         try:
-            fresh, gone = self.table.read(self._ask(f"show table {STICK_TABLE}"))
+            # read while haproxy writes: 10,000 entries take it ~10 ms (#16)
+            fresh, gone = self.table.read_chunks(
+                self.admin.answer_chunks(f"show table {STICK_TABLE}"))
         except AnswerError as exc:
             raise HaproxyTrouble(f"show table {STICK_TABLE}: {exc}") from exc
+        except OSError as exc:   # HaproxyUnavailable, a reset, a timeout
+            raise HaproxyTrouble(str(exc)) from exc
         first, self.first = self.first, False
         counters = self.table.counters
         live = dict(self.observed)
