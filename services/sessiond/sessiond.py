@@ -107,7 +107,7 @@ class Sessiond(Daemon):
         if self.adapter is None:
             return None
         try:
-            live = self.adapter.poll(set(self.book.open))
+            live = self.adapter.poll(self.book.open)   # its keys: the refs open
         except HaproxyTrouble as exc:
             if str(exc) != self.trouble:
                 # at the node's start haproxy comes up after sessiond: no warning until it
