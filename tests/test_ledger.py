@@ -609,3 +609,35 @@ def test_add_spend_returns_the_period_totals(tmp_path):
         assert tx.add_spend(A, 7, 700, "connected", 1) == (7, 700)
         assert tx.spends_total(A) == 22
     ledger.close()
+
+
+def test_a_tick_s_transaction_skips_the_disk_sync_and_survives_a_killed_process(tmp_path):
+    """sessiond's tick commits with durable=False (synchronous=NORMAL in WAL mode): the
+    rows are there for every other reader, and after a SIGKILL of the writer; every other
+    transaction waits for the disk (FULL) again."""
+    path = tmp_path / "ledger.sqlite3"
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from lthn.ledger import Ledger\n"
+        "led = Ledger.open(Path(sys.argv[1]))\n"
+        "with led.transaction(durable=False) as tx:\n"
+        "    assert tx.conn.execute('PRAGMA synchronous').fetchone()[0] == 1\n"
+        "    tx.ensure_authid('1A00000000000042', '1A')\n"
+        "    tx.credit('1A00000000000042', 1234)\n"
+        "os.kill(os.getpid(), 9)\n")
+    ran = subprocess.run([tool("python"), "-c", script, str(path)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert ran.returncode == -9, ran.stderr
+    led = Ledger.open(path)
+    try:
+        row = led.authid("1A00000000000042")
+        assert row is not None and row.balance == 1234
+        with led.transaction() as tx:
+            assert tx.conn.execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL
+        with led.transaction(durable=False) as tx:
+            assert tx.conn.execute("PRAGMA synchronous").fetchone()[0] == 1   # NORMAL
+        with led.transaction() as tx:
+            assert tx.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        led.close()

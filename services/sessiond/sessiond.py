@@ -146,7 +146,9 @@ class Sessiond(Daemon):
         vpn_live = self.observe_vpn()
         observed = time.monotonic()
         try:
-            with self.ledger.transaction() as tx:
+            # charges of time in use: committed without waiting for the disk (see
+            # Ledger.transaction); the next durable commit (a payment, a cut) syncs them
+            with self.ledger.transaction(durable=False) as tx:
                 before = self.book.authids | self.vpn_book.authids
                 closed: set[str] = set()
                 if live is not None:
