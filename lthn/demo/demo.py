@@ -363,5 +363,5 @@ def pay(directory: Path, authid: str, amount: str) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     print(f"paid {coins} XMR for authid {authid}: txid {txid}")
-    print(f"balance: {command('lthnctl')} -c {info['config']} authid show {authid}")
+    print(f"see its balance: {command('lthnctl')} -c {info['config']} authid show {authid}")
     return EXIT_OK
