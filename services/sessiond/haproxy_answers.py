@@ -65,31 +65,34 @@ def _int(fields: dict[str, str], name: str, line: str) -> int:
     return int(value)
 
 
-def parse_table(answer: str, table: str) -> list[TableEntry]:
-    """`show table <table> [filter]` -> entries. An empty answer (a key filter that
-    matched nothing) is an empty list; anything but a header and entry lines is an error."""
+def _table_entries(answer: str, table: str) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """`show table <table> [filter]` -> (line, key, fields after the key) per entry. An
+    empty answer (a key filter that matched nothing) has none; anything but a header and
+    entry lines is an error."""
     lines = [line for line in answer.splitlines() if line.strip()]
     if not lines:
-        return []
+        return
     if not lines[0].startswith(f"# table: {table},"):
         raise AnswerError(f"not a listing of table {table}: {lines[0][:100]!r}")
-    entries = []
     for line in lines[1:]:
         ptr, sep, rest = line.partition(": ")
         if not sep or not ptr.startswith("0x") or not rest.startswith("key="):
             raise AnswerError(f"not a table entry: {line[:100]!r}")
-        # the key comes first and is what track-sc0 stored; authd only tracks valid
-        # authids, so it has no spaces, but read it up to " use=" to be safe
+        # the key comes first and is what the track rule stored; the node only tracks
+        # keys without spaces, but read it up to " use=" to be safe
         key, sep, counters = rest[len("key="):].partition(" use=")
         if not sep:
             raise AnswerError(f"no use= in {line[:100]!r}")
-        fields = _fields("use=" + counters, "table entry")
-        entries.append(TableEntry(
-            key=key, conn_cur=_int(fields, "conn_cur", line),
-            http_req_cnt=_int(fields, "http_req_cnt", line),
-            bytes_in=_int(fields, "bytes_in_cnt", line),
-            bytes_out=_int(fields, "bytes_out_cnt", line)))
-    return entries
+        yield line, key, _fields("use=" + counters, "table entry")
+
+
+def parse_table(answer: str, table: str) -> list[TableEntry]:
+    """`show table <table> [filter]` -> entries (see `_table_entries`)."""
+    return [TableEntry(key=key, conn_cur=_int(fields, "conn_cur", line),
+                       http_req_cnt=_int(fields, "http_req_cnt", line),
+                       bytes_in=_int(fields, "bytes_in_cnt", line),
+                       bytes_out=_int(fields, "bytes_out_cnt", line))
+            for line, key, fields in _table_entries(answer, table)]
 
 
 # one entry of `authid_sessions` as haproxy 2.6 prints it (contract.STICK_TABLE_STORE),
@@ -212,19 +215,8 @@ def parse_stream_table(answer: str, table: str) -> list[ClientStreams]:
     """`show table <stream table> [filter]` -> its entries (key `<AUTHID>/<ip>:<port>`,
     contract.STREAM_KEY_SEPARATOR). An entry whose key is not of that shape is an error:
     only the node's own rule fills the table."""
-    lines = [line for line in answer.splitlines() if line.strip()]
-    if not lines:
-        return []
-    if not lines[0].startswith(f"# table: {table},"):
-        raise AnswerError(f"not a listing of table {table}: {lines[0][:100]!r}")
     entries = []
-    for line in lines[1:]:
-        ptr, sep, rest = line.partition(": ")
-        if not sep or not ptr.startswith("0x") or not rest.startswith("key="):
-            raise AnswerError(f"not a table entry: {line[:100]!r}")
-        key, sep, counters = rest[len("key="):].partition(" use=")
-        if not sep:
-            raise AnswerError(f"no use= in {line[:100]!r}")
+    for line, key, fields in _table_entries(answer, table):
         authid, sep, client = key.partition(STREAM_KEY_SEPARATOR)
         ip, _, port = client.rpartition(":")
         try:
@@ -233,7 +225,6 @@ def parse_stream_table(answer: str, table: str) -> list[ClientStreams]:
             client = ""
         if not client:
             raise AnswerError(f"not an authid/client key: {line[:100]!r}")
-        fields = _fields("use=" + counters, "table entry")
         entries.append(ClientStreams(authid, client, _int(fields, "conn_cur", line)))
     return entries
 
