@@ -45,14 +45,13 @@ import zmq  # noqa: E402
 from benchlib import percentile, wait  # noqa: E402
 from proxy_rig import Origin, cpu_seconds, process_tree  # noqa: E402
 
-from lthn import access  # noqa: E402
 from lthn import config as config_mod  # noqa: E402
 from lthn.bus import Subscriber  # noqa: E402
 from lthn.haproxy.runtime import HaproxyAdmin  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
 from lthn.refusals import RefusalKind  # noqa: E402
 from services.firewalld.offences import parse_show_table  # noqa: E402
-from tests.fixtures.node import Node, default_config, merge  # noqa: E402
+from tests.fixtures.node import Node, credit_and_activate, default_config, merge  # noqa: E402
 from tests.fixtures.proxy import ProxyClient  # noqa: E402
 
 PROGRAMS = ("busd", "authd", "firewalld", "haproxy", "squid")
@@ -227,20 +226,6 @@ def machine_busy() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def pay(config: config_mod.Config, authids: list[str]) -> None:
-    ledger = Ledger.open(config.ledger_path)
-    try:
-        with ledger.transaction() as tx:
-            for authid in authids:
-                service = config.service(authid[:2])
-                assert service is not None
-                tx.ensure_authid(authid, service.key)
-                fresh = tx.credit(authid, 10**13)
-                access.reevaluate(tx, fresh, access.rules_for(config, service), "bench")
-    finally:
-        ledger.close()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="flood length")
@@ -273,7 +258,7 @@ def main() -> int:
     try:
         node.start(timeout=60)
         config = config_mod.load(node.config_path)
-        pay(config, authids)
+        credit_and_activate(config, authids, 10**13, actor="bench")
         admin = HaproxyAdmin(config.haproxy_admin_socket)
         url = origin.url("/small")
         probe = ProxyClient(config.proxy.bind, config.proxy.port,

@@ -22,14 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lthn import access
 from lthn import config as config_mod
 from lthn.haproxy.runtime import HaproxyAdmin
-from lthn.ledger import Ledger
 from lthn.node.programs import NAMES as PROGRAMS
 from lthn.node.supervision import tool
 from tests.fixtures.common import wait_for
-from tests.fixtures.node import Node, alive
+from tests.fixtures.node import Node, alive, credit_and_activate
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMONS = ("busd", "paymentd", "authd", "sessiond", "firewalld")
@@ -37,20 +35,8 @@ AUTHID = "1A00112233445566"
 
 
 def activate(node: Node, authids: list[str], amount: int = 2 * 10**10) -> None:
-    """Credit and activate authids through lthn.access, as paymentd does: the ledger
-    change and its `authid.activated` outbox message commit together."""
-    config = config_mod.load(node.config_path)
-    ledger = Ledger.open(config.ledger_path)
-    try:
-        with ledger.transaction() as tx:
-            for authid in authids:
-                service = config.service(authid[:2])
-                assert service is not None
-                tx.ensure_authid(authid, service.key)
-                fresh = tx.credit(authid, amount)
-                access.reevaluate(tx, fresh, access.rules_for(config, service), "test")
-    finally:
-        ledger.close()
+    """Credit and activate authids through lthn.access, as paymentd does."""
+    credit_and_activate(config_mod.load(node.config_path), authids, amount)
 
 
 def ledger_snapshot(node: Node) -> tuple:
