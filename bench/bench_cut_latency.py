@@ -18,9 +18,7 @@ and a `shutdown session` per stream); the 2 s limit of issue #4 is far away.
 from __future__ import annotations
 
 import argparse
-import os
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +39,7 @@ from lthn import config as config_mod  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
 from lthn.ports import free_port_pair  # noqa: E402
 from services.sessiond.haproxy_answers import parse_sessions  # noqa: E402
+from tests.fixtures.common import kill_group  # noqa: E402
 from tests.fixtures.mini_proxy import ConnectOrigin, MiniHaproxy, open_tunnel  # noqa: E402
 
 BUSD = "import sys; from services.busd.main import main; sys.exit(main(sys.argv[1:]))"
@@ -181,11 +180,7 @@ def main() -> int:
         finally:
             watcher.stop()
             for proc in procs:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+                kill_group(proc)
             haproxy.stop()
             origin.close()
     ms = 1000.0

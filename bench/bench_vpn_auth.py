@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from benchlib import percentile, wait  # noqa: E402
 from lthn import access  # noqa: E402
 from lthn import config as config_mod  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
+from tests.fixtures.common import kill_group  # noqa: E402
 from tests.fixtures.fake_openvpn import FakeOpenVPNManagement, connect_block  # noqa: E402
 
 BUSD = "import sys; from services.busd.main import main; sys.exit(main(sys.argv[1:]))"
@@ -140,11 +140,7 @@ def main() -> int:
             vpnd_times = through_vpnd(fake, args.connects, args.authids)
         finally:
             for proc in procs:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+                kill_group(proc)
             fake.close()
         script_times = through_script(work, config_path, args.script_runs, args.authids)
     ms = 1000.0

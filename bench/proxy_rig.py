@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import random
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -39,6 +38,7 @@ from lthn import config as config_mod  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
 from lthn.ports import free_port  # noqa: E402
 from services.proxy import squid_config  # noqa: E402
+from tests.fixtures.common import kill_group  # noqa: E402
 from tests.fixtures.node import Node, default_config, merge  # noqa: E402
 
 SMALL_BODY = b"origin page, small\n" * 6          # 114 bytes
@@ -353,11 +353,7 @@ class BareHaproxy:
 
     def stop(self) -> None:
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
+            kill_group(self.proc)
 
 
 class SmpSquid:
@@ -390,16 +386,7 @@ class SmpSquid:
     def pids(self) -> tuple[int, ...]:
         """The master and every kid (workers, coordinator)."""
         assert self.proc is not None
-        kids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(stat[1]) == self.proc.pid:
-                    kids.append(int(entry.name))
-        return (self.proc.pid, *kids)
+        return process_tree(self.proc.pid)
 
     @property
     def route(self) -> Route:
@@ -408,11 +395,7 @@ class SmpSquid:
 
     def stop(self) -> None:
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
+            kill_group(self.proc)
 
 
 def settle(seconds: float = 0.5) -> None:
