@@ -134,15 +134,22 @@ def with_node(ns: Namespaces, work: Path, path: Path, args: argparse.Namespace) 
                      work / f"openvpn-{tag}.log")]
     try:
         procs[1].wait_log("logins are answered", timeout=30)
-        client = VpnClient(ns, work / "clients", f"node{len(procs)}-{os.urandom(3).hex()}",
-                           work / "state" / "tls" / "ca.pem",
-                           PORT, AUTHID, AUTHID, proto=args.proto)
-        procs.append(client)
-        client.wait_connected(timeout=30)
-        return [measure(ns, args.megabytes) for _ in range(args.per_start)]
+        return through_client(ns, work, f"node{len(procs)}", args, procs)
     finally:
         for proc in reversed(procs):
             proc.stop(timeout=15)
+
+
+def through_client(ns: Namespaces, work: Path, name: str, args: argparse.Namespace,
+                   procs: list) -> list[float]:
+    """Connect a VPN client (added to `procs`, for the caller to stop) and measure
+    `per_start` transfers through it."""
+    client = VpnClient(ns, work / "clients", f"{name}-{os.urandom(3).hex()}",
+                       work / "state" / "tls" / "ca.pem", PORT, AUTHID, AUTHID,
+                       proto=args.proto)
+    procs.append(client)
+    client.wait_connected(timeout=30)
+    return [measure(ns, args.megabytes) for _ in range(args.per_start)]
 
 
 def without_node(ns: Namespaces, work: Path, path: Path,
@@ -160,12 +167,7 @@ def without_node(ns: Namespaces, work: Path, path: Path,
     procs = [server]
     try:
         server.wait_log("Initialization Sequence Completed", timeout=30)
-        client = VpnClient(ns, work / "clients", f"plain-{os.urandom(3).hex()}",
-                           work / "state" / "tls" / "ca.pem",
-                           PORT, AUTHID, AUTHID, proto=args.proto)
-        procs.append(client)
-        client.wait_connected(timeout=30)
-        return [measure(ns, args.megabytes) for _ in range(args.per_start)]
+        return through_client(ns, work, "plain", args, procs)
     finally:
         for proc in reversed(procs):
             proc.stop(timeout=15)
