@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import shutil
 import signal
 import ssl
 import sys
@@ -42,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # for tests.fixtures (not an installed package)
 
 import zmq  # noqa: E402
-from benchlib import percentile, wait  # noqa: E402
+from benchlib import keep_or_remove, percentile, wait  # noqa: E402
 from proxy_rig import Origin, cpu_seconds, process_tree  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
@@ -399,10 +398,7 @@ def main() -> int:
     finally:
         node.stop()
         origin.stop()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        keep_or_remove(work, args.keep)
 
 
 if __name__ == "__main__":

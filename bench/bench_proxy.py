@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from benchlib import percentile
+from benchlib import keep_or_remove, percentile, print_total
 from proxy_rig import (
     BareHaproxy,
     NodeRig,
@@ -342,12 +341,8 @@ def main() -> int:
         for smp in squids:
             smp.stop()
         rig.stop()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print(f"\ntotal {time.monotonic() - started:.0f} s; load average now "
-          f"{os.getloadavg()[0]:.2f} (other work on this machine skews every figure)")
+        keep_or_remove(work, args.keep)
+    print_total(started)
     return 0
 
 

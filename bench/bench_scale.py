@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # for tests.fixtures (not an installed package)
 
-from benchlib import percentile, wait  # noqa: E402
+from benchlib import keep_or_remove, percentile, print_total, wait  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
 from lthn.haproxy import contract  # noqa: E402
@@ -376,12 +375,8 @@ def main() -> int:
     try:
         run(work, args.authids, args.live)
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print(f"\ntotal {time.monotonic() - started:.0f} s; load average now "
-          f"{os.getloadavg()[0]:.2f} (other work on this machine skews every figure)")
+        keep_or_remove(work, args.keep)
+    print_total(started)
     return 0
 
 

@@ -5,8 +5,11 @@ Benchmarks run as scripts (`python bench/NAME.py`), so this is imported as `benc
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -36,3 +39,17 @@ def wait(check: Callable[[], Any], timeout: float, what: str, interval: float = 
             time.sleep(interval)
     raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}"
                      + (f" (last error: {last!r})" if last else ""))
+
+
+def keep_or_remove(work: Path, keep: bool) -> None:
+    """A bench's work dir at its end: kept (and said where) with --keep, else removed."""
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_total(started: float) -> None:
+    """The run's length and the load it ended at (other work skews every figure)."""
+    print(f"\ntotal {time.monotonic() - started:.0f} s; load average now "
+          f"{os.getloadavg()[0]:.2f} (other work on this machine skews every figure)")
