@@ -23,11 +23,11 @@ import logging
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -668,11 +668,18 @@ def _filters(conditions: dict[str, Any]) -> tuple[str, list[Any]]:
 # authids in one `IN (...)` list: far below SQLite's 32,766 variables and PostgreSQL's
 # 65,535 parameters (sessions_of_many lists each twice)
 BATCH = 500
+T = TypeVar("T")
 
 
-def _batches(items: list[str]) -> Iterator[list[str]]:
+def _batches(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), BATCH):
         yield items[start:start + BATCH]
+
+
+def _distinct(keys: Sequence[object], what: str) -> None:
+    """A batched verb changes each row once: a key given twice is the caller's bug."""
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{what}: the same row given twice")
 
 
 def _payment(row: tuple) -> PaymentRow:
@@ -747,6 +754,42 @@ class Tx:
         """Charge `amount` for `ms` of use, now."""
         return self._change(authid, "spent = spent + ?, charged_ms = charged_ms + ?, "
                             "last_used = ?", (amount, ms, self.now))
+
+    def spend_many(self, charges: Sequence[tuple[AuthidRow, int, int]]) -> list[AuthidRow]:
+        """`spend` of many authids in one statement (a tick charges hundreds, #16): each
+        (its row as read in this transaction, amount, ms). The statement adds to what the
+        ledger holds, as `spend` does; the rows returned are the given ones with the same
+        additions (what the ledger now holds, as no one else writes during the
+        transaction). Raises NotApplied, rolling back, when an authid is not there."""
+        _distinct([row.authid for row, _, _ in charges], "spend_many")
+        self._update_all(
+            "UPDATE authids SET spent = spent + ?, charged_ms = charged_ms + ?, "
+            "last_used = ?, modified = ? WHERE authid = ?",
+            [(amount, ms, self.now, self.now, row.authid) for row, amount, ms in charges],
+            "spend_many")
+        return [replace(row, spent=row.spent + amount, charged_ms=row.charged_ms + ms,
+                        last_used=self.now, modified=self.now) for row, amount, ms in charges]
+
+    def start_spending_many(self, starts: Sequence[tuple[AuthidRow, float]]
+                            ) -> list[AuthidRow]:
+        """`start_spending` of many authids in one statement (see `spend_many`): each (its
+        row as read in this transaction, since). Raises NotApplied, rolling back, when one
+        is not ACTIVE without spending."""
+        _distinct([row.authid for row, _ in starts], "start_spending_many")
+        self._update_all(
+            "UPDATE authids SET spending_since = ?, modified = ? WHERE authid = ? "
+            "AND state = 'ACTIVE' AND spending_since IS NULL",
+            [(since, self.now, row.authid) for row, since in starts], "start_spending_many")
+        return [replace(row, spending_since=since, modified=self.now) for row, since in starts]
+
+    def _update_all(self, sql: str, rows: list[tuple], what: str) -> None:
+        """One UPDATE statement for many rows, each of which must change exactly one."""
+        if not rows:
+            return
+        changed = self.conn.executemany(sql, rows).rowcount
+        if changed != len(rows):
+            raise NotApplied(f"{what}: {len(rows) - changed} of {len(rows)} authids not in "
+                             "the ledger or not in the state the change leaves")
 
     def start_spending(self, authid: str, since: float) -> AuthidRow:
         # ACTIVE, not spending -> spending
@@ -886,6 +929,35 @@ class Tx:
             "RETURNING amount, ms", (authid, period, amount, ms, self.now, reason)).fetchone()
         return int(row[0]), int(row[1])
 
+    def add_spends(self, spends: Sequence[tuple[str, int, int, str, int]]
+                   ) -> list[tuple[int, int]]:
+        """`add_spend` of many (authid, amount, ms, reason, period) at once, each (authid,
+        period) once: all are written in one statement (a tick charges hundreds, #16).
+        Returns each one's totals so far."""
+        keys = [(authid, period) for authid, _, _, _, period in spends]
+        _distinct(keys, "add_spends")
+        before: dict[tuple[str, int], tuple[int, int]] = {}
+        for key in keys:
+            # one indexed look each: a statement listing them all scans the table (or,
+            # as ORs, costs more to prepare than these take)
+            had = self.conn.execute("SELECT amount, ms FROM spends WHERE authid = ? "
+                                    "AND period = ?", key).fetchone()
+            if had is not None:
+                before[key] = (int(had[0]), int(had[1]))
+        if spends:
+            self.conn.executemany(
+                "INSERT INTO spends (authid, period, amount, ms, at, reason) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT (authid, period) DO UPDATE SET amount = "
+                "spends.amount + excluded.amount, ms = spends.ms + excluded.ms, "
+                "at = excluded.at",
+                [(authid, period, amount, ms, self.now, reason)
+                 for authid, amount, ms, reason, period in spends])
+        totals = []
+        for (authid, amount, ms, _, period) in spends:
+            had_amount, had_ms = before.get((authid, period), (0, 0))
+            totals.append((had_amount + amount, had_ms + ms))
+        return totals
+
     def spends_total(self, authid: str) -> int:
         return self.conn.execute(
             "SELECT COALESCE(SUM(amount), 0) FROM spends WHERE authid = ?",
@@ -992,6 +1064,23 @@ class Tx:
         self.conn.execute(
             "INSERT INTO audit (at, actor, event, authid, detail) VALUES (?,?,?,?,?)",
             (self.now, actor, event, authid, json.dumps(detail, sort_keys=True)))
+
+    def audit_many(self, actor: str, event: str,
+                   lines: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """`audit` of many (authid, detail) of one actor and event, in one statement."""
+        if lines:
+            self.conn.executemany(
+                "INSERT INTO audit (at, actor, event, authid, detail) VALUES (?,?,?,?,?)",
+                [(self.now, actor, event, authid, json.dumps(dict(detail), sort_keys=True))
+                 for authid, detail in lines])
+
+    def emit_many(self, messages: Sequence[Message]) -> None:
+        """`emit` of many messages, in one statement, in order."""
+        if messages:
+            self.conn.executemany(
+                "INSERT INTO outbox (topic, version, body) VALUES (?, ?, ?)",
+                [(msg.topic, msg.version, msgpack.packb(msg.fields(), use_bin_type=True))
+                 for msg in messages])
 
     def emit(self, msg: Message) -> None:
         """Queue a bus message; it is published after commit (see Ledger.take_outbox)."""

@@ -101,3 +101,38 @@ def test_a_failed_transaction_leaves_no_trace(ledger):
         raise RuntimeError("crash before commit")
     assert ledger.authid(AUTHID) is None
     assert topics(ledger) == []
+
+
+def test_charge_many_writes_what_charging_one_by_one_writes(tmp_path: Path):
+    """A tick charges its authids with charge_many (#16): the ledger must end up as if
+    each had been charged on its own, spends, audit lines and messages included; one runs
+    dry, one finishes a minute of use, one is mid-minute, one is charged nothing."""
+    authids = [f"1A{i:014X}" for i in range(4)]
+    ledgers = [Ledger.open(tmp_path / f"{n}.sqlite", clock=HandClock()) for n in ("a", "b")]
+    for led in ledgers:
+        with led.transaction() as tx:
+            for authid, amount in zip(authids, (6000, 700, 100_000, 6000), strict=True):
+                tx.ensure_authid(authid, "1A")
+                tx.credit(authid, amount)
+                tx.activate(authid)
+            tx.spend(authids[2], 0, 50_000)   # 50 s into its first minute
+        led.take_outbox()
+    plans = [(authids[0], 30_000), (authids[1], 90_000), (authids[2], 20_000),
+             (authids[3], 0)]
+    with ledgers[0].transaction() as tx:
+        one = [access.charge(tx, tx.authid(a), RULES, ms, "time", "test") for a, ms in plans]
+    with ledgers[1].transaction() as tx:
+        many = access.charge_many(tx, [access.Use(tx.authid(a), RULES, ms, "time")
+                                       for a, ms in plans], "test")
+    assert many == one
+    assert [c.amount for c in many] == [300, 700, 200, 0]
+    a, b = ledgers
+    assert a.audit_lines() == b.audit_lines()
+    assert [(m.topic, m.fields()) for m in a.take_outbox()] == \
+        [(m.topic, m.fields()) for m in b.take_outbox()]
+    for authid in authids:
+        assert a.authid(authid) == b.authid(authid)
+        with a.transaction() as ta, b.transaction() as tb:
+            assert ta.spends_total(authid) == tb.spends_total(authid)
+    for led in ledgers:
+        led.close()

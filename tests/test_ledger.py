@@ -641,3 +641,72 @@ def test_a_tick_s_transaction_skips_the_disk_sync_and_survives_a_killed_process(
             assert tx.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     finally:
         led.close()
+
+
+def test_batched_spending_verbs_return_what_the_ledger_holds(tmp_path):
+    """spend_many / start_spending_many work the rows out in Python (#16: no RETURNING
+    per row): what they return must be what the ledger then holds, row for row."""
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    authids = [f"1A{i:014X}" for i in range(5)]
+    with ledger.transaction() as tx:
+        for authid in authids:
+            tx.ensure_authid(authid, "1A")
+            tx.credit(authid, 1000 * (1 + int(authid[-1])))
+            tx.activate(authid)
+        rows = tx.authid_rows(authids)
+        started = tx.start_spending_many([(rows[a], 50.5 + i) for i, a in enumerate(authids[:3])])
+        assert started == [tx.authid(a) for a in authids[:3]]
+        after = tx.spend_many([(r, 7 * i, 100 * i) for i, r in
+                               enumerate(started + [rows[authids[3]]])])
+        assert after == [tx.authid(a) for a in authids[:4]]
+        assert [(r.spent, r.charged_ms) for r in after] == [(0, 0), (7, 100), (14, 200),
+                                                            (21, 300)]
+        assert tx.authid(authids[4]) == rows[authids[4]]   # not given: untouched
+        assert tx.spend_many([]) == [] and tx.start_spending_many([]) == []
+    ledger.close()
+
+
+@pytest.mark.parametrize("verb, error", [
+    (lambda tx, r: tx.spend_many([(r, 1, 1), (dataclasses.replace(r, authid="1A99"), 1, 1)]),
+     "1 of 2 authids not in the ledger"),
+    (lambda tx, r: tx.start_spending_many([(r, 1.0)]), "not in the state"),
+])
+def test_batched_verbs_refuse_a_row_they_cannot_change_and_roll_back(tmp_path, verb, error):
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    with ledger.transaction() as tx:
+        tx.ensure_authid(A, "1A")
+        tx.credit(A, 100)
+        tx.activate(A)
+        tx.start_spending(A, 1.0)
+    before = ledger.authid(A)
+    with pytest.raises(NotApplied, match=error):
+        with ledger.transaction() as tx:
+            verb(tx, tx.authid(A))
+    assert ledger.authid(A) == before
+    with ledger.transaction() as tx, pytest.raises(ValueError, match="twice"):
+        tx.spend_many([(before, 1, 1), (before, 1, 1)])
+    ledger.close()
+
+
+def test_add_spends_totals_match_add_spend_one_by_one(tmp_path):
+    one, many = (Ledger.open(tmp_path / f"{name}.sqlite") for name in ("one", "many"))
+    spends = [(A, 10, 1000, "connected", 0), ("1B00000000000000", 3, 300, "wallclock", 4),
+              (A, 7, 700, "connected", 1)]
+    for ledger in (one, many):
+        with ledger.transaction() as tx:
+            tx.ensure_authid(A, "1A")
+            tx.ensure_authid("1B00000000000000", "1B")
+            tx.add_spend(A, 5, 500, "connected", 0)     # a row there already
+    with one.transaction() as tx:
+        expected = [tx.add_spend(a, amount, ms, why, period)
+                    for a, amount, ms, why, period in spends]
+    with many.transaction() as tx:
+        assert tx.add_spends(spends) == expected == [(15, 1500), (3, 300), (7, 700)]
+        assert tx.add_spends([]) == []
+        with pytest.raises(ValueError, match="twice"):
+            tx.add_spends([spends[0], spends[0]])
+    for ledger in (one, many):
+        with ledger.transaction() as tx:
+            assert tx.spends_total(A) == 22
+    one.close()
+    many.close()
