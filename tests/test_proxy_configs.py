@@ -115,7 +115,7 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
     assert ('log-format "LTHN1 %ci %cp %[var(txn.authid)] %[var(txn.reason)] %ST %HM '
             '%[var(txn.dest)]"') in text
     assert ("stick-table type string len 16 size 1m expire 10s "
-            "store conn_cur,bytes_in_cnt,bytes_out_cnt,http_req_cnt") in text
+            "store conn_cur,gpt0,bytes_in_cnt,bytes_out_cnt,http_req_cnt") in text
     assert "stick-table type string len 64 size 1m expire 10s store conn_cur" in text
     assert "http-request track-sc0 var(txn.authid) table authid_sessions" in text
     assert ('http-request set-var-fmt(txn.lthn_stream) "%[var(txn.authid)]/%[src]:%[src_port]"'

@@ -197,3 +197,40 @@ def test_table_reader_reads_chunks_as_they_come_wherever_they_are_cut(size):
     with pytest.raises(AnswerError):
         chunked.read_chunks(iter([bad[i:i + size] for i in range(0, len(bad), size)]))
     assert chunked.read(answers[-1]) == ({}, set())
+
+
+def test_touched_listings_report_what_a_whole_read_would():
+    """read_touched (#16) takes `data.conn_cur eq 0` and `data.gpt0 ge <t>` listings: an
+    entry in neither is unchanged if it was live, gone if it was idle; an entry in both
+    is taken from the later; listings that do not add up to their `used:` count give
+    None and change nothing."""
+    a, b, c = "1A00000000000001", "1A00000000000002", "1A00000000000003"
+    live, idle = ("conn_cur=1 http_req_cnt=1 bytes_in_cnt=0 bytes_out_cnt=0",
+                  "conn_cur=0 http_req_cnt=2 bytes_in_cnt=600 bytes_out_cnt=554")
+
+    def listed(used: int, *entries: tuple[str, str]) -> str:
+        return listing(*[("0x1", key, 900, f"gpt0=1700000000 {counters}")
+                         for key, counters in entries]).replace(
+            f"used:{len(entries)}", f"used:{used}")
+
+    reader = TableReader("authid_sessions")
+    assert reader.read(listed(2, (a, live), (b, idle))) == ({a: None, b: None}, set())
+    assert reader.touch_stored
+    # nothing new: a (live, quiet) is in neither listing, b (idle) in the first
+    assert reader.read_touched(listed(2, (b, idle)), listed(2)) == ({}, set())
+    # c opens and b expires
+    assert reader.read_touched(listed(2), listed(2, (c, live))) == ({c: None}, {b})
+    # a ends (idle, new counters), also listed as touched: one change
+    assert reader.read_touched(listed(2, (a, idle)), listed(2, (a, idle))) == ({a: live},
+                                                                               set())
+    assert reader.counters == {a: idle, c: live}
+    # a count that does not add up (an entry unseen), or two counts: None, nothing kept
+    assert reader.read_touched(listed(3, (a, idle)), listed(3)) is None
+    assert reader.read_touched(listed(2, (a, idle)), listed(3)) is None
+    assert reader.counters == {a: idle, c: live}
+    with pytest.raises(AnswerError):
+        reader.read_touched(listed(2, (a, idle)), "Unknown table\n")
+    with pytest.raises(AnswerError):
+        reader.read_touched(listed(2, (a, "conn_cur=x")), listed(2))
+    # a whole read afterwards agrees
+    assert reader.read(listed(2, (a, idle), (c, live))) == ({}, set())

@@ -98,3 +98,51 @@ def test_a_restarted_adapter_counts_only_live_streams_on_its_first_poll(rig):
     assert fresh.cut({AUTHID}) == {AUTHID: 1}
     assert closed_by_peer(tunnel, timeout=5.0)
     tunnel.close()
+
+
+def view(seen: dict) -> dict:
+    return {key: (o.live, o.bytes_in, o.bytes_out) for key, o in seen.items()}
+
+
+def test_polls_between_whole_reads_list_only_what_changed_and_miss_nothing(rig):
+    """After one whole read, a poll lists only the entries with requests since the last
+    one and those without a live stream (#16), and sees what a whole read would: a
+    quiet tunnel stays live, a request that came and went is live once, a new tunnel
+    opens, a closed one ends with its final counters."""
+    haproxy, adapter, _ = rig
+    tunnel = open_tunnel(haproxy.port, AUTHID)
+    first = adapter.poll()
+    assert first[AUTHID].live and adapter.whole_reads == 1
+    assert adapter.poll({AUTHID})[AUTHID] is first[AUTHID]       # quiet: the same
+    assert request_status(haproxy.port, OTHER) == 200
+    assert adapter.poll({AUTHID})[OTHER].live                     # came and went
+    assert not adapter.poll({AUTHID, OTHER})[OTHER].live
+    other = open_tunnel(haproxy.port, OTHER)
+    assert adapter.poll({AUTHID})[OTHER].live                     # opened
+    tunnel.sendall(b"ping")
+    assert tunnel.recv(4) == b"ping"
+    tunnel.close()
+    ended = wait_for(lambda: (lambda seen: seen if not seen[AUTHID].live else None)(
+        adapter.poll({AUTHID, OTHER})), timeout=5, what="the closed tunnel seen ended")
+    assert ended[AUTHID].bytes_in > 0 and ended[OTHER].live
+    assert adapter.whole_reads == 1
+    # a whole read by a new adapter sees the same
+    assert view(ProxyAdapter(adapter.admin).poll()) == view(ended)
+    other.close()
+
+
+def test_a_restarted_haproxy_is_read_whole(rig):
+    """haproxy restarted between two polls: its table is new, the filtered listings do
+    not add up to what the adapter knew, and the poll reads the whole table instead."""
+    haproxy, adapter, _ = rig
+    tunnel = open_tunnel(haproxy.port, AUTHID)
+    adapter.poll()
+    adapter.poll({AUTHID})
+    haproxy.stop()
+    tunnel.close()
+    haproxy.start()
+    other = open_tunnel(haproxy.port, OTHER)
+    seen = adapter.poll({AUTHID})
+    assert adapter.whole_reads == 2
+    assert AUTHID not in seen and seen[OTHER].live
+    other.close()

@@ -25,7 +25,10 @@ if TYPE_CHECKING:  # lthn.config reads admin_socket_path from here
 # `session_expiry` after its last stream ended, so `show table` lists the authids live now
 # or busy lately, not every authid ever admitted (#16)
 STICK_TABLE = "authid_sessions"
-STICK_TABLE_STORE = "conn_cur,bytes_in_cnt,bytes_out_cnt,http_req_cnt"
+# gpt0: the time (unix seconds) of the entry's last admitted request, so sessiond lists
+# only the entries with requests since its last look, and those without a live stream,
+# not every live one each tick (#16)
+STICK_TABLE_STORE = "conn_cur,gpt0,bytes_in_cnt,bytes_out_cnt,http_req_cnt"
 
 # the stick table of live client connections per authid (track-sc1): key
 # `<AUTHID>/<client ip>:<client port>`, `conn_cur` = that connection's live streams (an
@@ -75,6 +78,7 @@ def admitted_rules(authid_var: str = "txn.authid") -> list[str]:
     and by client connection, and log nothing (no datagram, no daemon woken)."""
     return [
         f"http-request track-sc0 var({authid_var}) table {STICK_TABLE}",
+        "http-request sc-set-gpt0(0) date",
         f'http-request set-var-fmt({STREAM_KEY_VAR}) "%[var({authid_var})]'
         f'{STREAM_KEY_SEPARATOR}%[src]:%[src_port]"',
         f"http-request track-sc1 var({STREAM_KEY_VAR}) table {STREAM_TABLE}",

@@ -96,11 +96,15 @@ def parse_table(answer: str, table: str) -> list[TableEntry]:
 
 
 # one entry of `authid_sessions` as haproxy 2.6 prints it (contract.STICK_TABLE_STORE),
-# less its use= and exp= fields (`_VOLATILE`: exp changes every second on every entry)
+# less its use= and exp= fields (`_VOLATILE`: exp changes every second on every entry).
+# Its counters are what is kept of it; gpt0 (when stored) is the time of its last
+# request, and a listing without it (a table made before #16 stored it) reads the same
 _VOLATILE = re.compile(r" use=[0-9]+ exp=[0-9]+(?= )")
 _KEYS = re.compile(r"^0x[0-9a-f]+: key=(\S+) ", re.M)
-_COUNTERS = re.compile(r"0x[0-9a-f]+: key=(\S+) (conn_cur=\d+ http_req_cnt=\d+ "
+_COUNTERS = re.compile(r"0x[0-9a-f]+: key=(\S+) (gpt0=\d+ )?(conn_cur=\d+ http_req_cnt=\d+ "
                        r"bytes_in_cnt=\d+ bytes_out_cnt=\d+)")
+_HEADER = re.compile(r"# table: (\S+), type: \S+, size:\d+, used:(\d+)")
+IDLE = "conn_cur=0 "     # how the counters of an entry without a live stream begin
 
 
 class TableReader:
@@ -116,6 +120,9 @@ class TableReader:
     def __init__(self, table: str) -> None:
         self.table = table
         self.counters: dict[str, str] = {}
+        # the entries carry the time of their last request (gpt0), as the last whole
+        # read showed: only then can `read_touched` be asked
+        self.touch_stored = False
         self.lines: dict[str, str] = {}      # line as compared -> its key
         self.line_of: dict[str, str] = {}    # key -> its line as compared
 
@@ -159,31 +166,72 @@ class TableReader:
                 break
         if volatile != entries:
             self._refuse(raw, chunks)
-        parsed: dict[str, str] = {}
-        keys: list[str] = []
+        parsed: dict[str, tuple[str, str]] = {}
         for line in new_lines:
             m = _COUNTERS.fullmatch(line)
             if m is None or m[1] in parsed:
                 self._refuse(raw, chunks)
-            parsed[m[1]] = m[2]
-            keys.append(m[1])
+            parsed[m[1]] = (line, m[3])
+            self.touch_stored = m[2] is not None
         # lines gone: the old line of a key listed anew, and every line of a key no
         # longer listed (only then is the whole answer looked at: an expired entry)
-        replaced = [self.line_of[key] for key in parsed if key in self.line_of]
         gone: set[str] = set()
-        if len(known) - len(replaced) != entries - len(new_lines):
+        if len(known) - sum(key in self.line_of for key in parsed) != entries - len(new_lines):
             gone = set(self.counters) - parsed.keys() - self._listed_keys(raw)
-        fresh = {key: self.counters.get(key) for key, counters in parsed.items()
+        return self._take(parsed, gone)
+
+    def read_touched(self, idle: str, touched: str
+                     ) -> tuple[dict[str, str | None], set[str]] | None:
+        """Take two filtered listings instead of a whole one (#16: 10,000 quiet tunnels are
+        not read every tick): `idle` (`data.conn_cur eq 0`: every entry without a live
+        stream) and `touched` (`data.gpt0 ge <t>`: every entry with a request since t,
+        contract.admitted_rules). An entry in neither had a live stream at the last read
+        and has one still, with no request since t: as it was then, but for its byte
+        counters (haproxy moves them as each stream ends); one that had none then and is
+        in neither has expired (gone).
+
+        Returns what `read` returns, or None, keeping what it knew, when the listings do
+        not add up to the table: their `used:` counts (every entry of the table) differ
+        from each other or from the entries known after them (haproxy restarted, an
+        entry came and went unseen), and then only a whole read tells. Raises
+        AnswerError as `read` does."""
+        used: set[int] = set()
+        parsed: dict[str, tuple[str, str]] = {}
+        for answer in (idle, touched):    # an entry in both: the later look is kept
+            text, count = _VOLATILE.subn("", answer)
+            listed = [line for line in text.split("\n") if line]
+            header = _HEADER.fullmatch(listed[0]) if listed else None
+            if header is None or header[1] != self.table or count != len(listed) - 1:
+                self._refuse([answer.encode()], iter(()))
+            used.add(int(header[2]))
+            for line in listed[1:]:
+                m = _COUNTERS.fullmatch(line)
+                if m is None:
+                    self._refuse([answer.encode()], iter(()))
+                parsed[m[1]] = (line, m[3])
+        gone = {key for key, counters in self.counters.items()
+                if counters.startswith(IDLE) and key not in parsed}
+        if used != {len(self.counters.keys() - gone | parsed.keys())}:
+            return None
+        return self._take(parsed, gone)
+
+    def _take(self, parsed: dict[str, tuple[str, str]], gone: set[str]
+              ) -> tuple[dict[str, str | None], set[str]]:
+        """Keep `parsed` ({key: (its line as compared, its counters)}) and forget `gone`;
+        returns ({key changed or new: its counters before, None when new}, gone)."""
+        known = self.lines
+        fresh = {key: self.counters.get(key) for key, (_, counters) in parsed.items()
                  if self.counters.get(key) != counters}
-        for line in replaced:
-            del known[line]
+        for key, (line, counters) in parsed.items():
+            old = self.line_of.get(key)
+            if old is not None:
+                del known[old]
+            known[line] = key
+            self.line_of[key] = line
+            self.counters[key] = counters
         for key in gone:
             del known[self.line_of.pop(key)]
             del self.counters[key]
-        for line, key in zip(new_lines, keys, strict=True):
-            known[line] = key
-            self.line_of[key] = line
-        self.counters.update(parsed)
         return fresh, gone
 
     @staticmethod

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 
 KIND = "proxy"
 SHUT_REMEMBERED = 10.0   # seconds a shut stream is not counted again (until it is freed)
+# seconds between whole reads of the authid table: in between, a poll lists only the
+# entries with requests since the last one and those without a live stream (#16), so a
+# live session's byte counters (moved by haproxy as each of its streams ends) are read
+# at least this often; its row takes them at most every `SessionBook.bytes_every`
+WHOLE_READ_EVERY = 30.0
 
 
 class HaproxyTrouble(Exception):
@@ -44,9 +49,14 @@ class HaproxyTrouble(Exception):
 class ProxyAdapter:
     kind = KIND
 
-    def __init__(self, admin: HaproxyAdmin, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, admin: HaproxyAdmin, clock: Callable[[], float] = time.monotonic,
+                 wallclock: Callable[[], float] = time.time) -> None:
         self.admin = admin
         self.clock = clock
+        self.wallclock = wallclock     # haproxy's `date` sets an entry's gpt0 (contract)
+        self.last_read: float | None = None    # wall time the last read began
+        self.whole_read: float | None = None   # wall time the last whole read began
+        self.whole_reads = 0                   # how many (for tests and benches)
         self.table = TableReader(STICK_TABLE)            # the last poll's counters (text)
         self.first = True                                # no poll answered yet
         self.observed: dict[str, Observed] = {}          # and what it reported
@@ -80,14 +90,7 @@ class ProxyAdapter:
         is the same `Observed` object as then (live only while it has a stream), and
         `self.changed` names the keys whose observation differs or that are gone, for the
         book to look at only those (#16: 10,000 quiet tunnels cost a tick nothing)."""
-        try:
-            # read while haproxy writes: 10,000 entries take it ~10 ms (#16)
-            fresh, gone = self.table.read_chunks(
-                self.admin.answer_chunks(f"show table {STICK_TABLE}"))
-        except AnswerError as exc:
-            raise HaproxyTrouble(f"show table {STICK_TABLE}: {exc}") from exc
-        except OSError as exc:   # HaproxyUnavailable, a reset, a timeout
-            raise HaproxyTrouble(str(exc)) from exc
+        fresh, gone = self._read()
         first, self.first = self.first, False
         counters = self.table.counters
         live = dict(self.observed)
@@ -123,6 +126,35 @@ class ProxyAdapter:
             changed.update(opening)
         self.observed, self.pulse, self.changed = live, pulse, changed
         return live
+
+    def _read(self) -> tuple[dict[str, str | None], set[str]]:
+        """The table's changes since the last read (TableReader): from the entries with
+        requests since then and those without a live stream when that is enough, else
+        (the first read, every WHOLE_READ_EVERY, when those do not add up) from all of
+        them. Raises HaproxyTrouble."""
+        now = self.wallclock()
+        # a read that fails leaves None: the next one reads the whole table
+        since, self.last_read = self.last_read, None
+        try:
+            read = None
+            if self.table.touch_stored and since is not None and \
+                    self.whole_read is not None and 0 <= now - self.whole_read < WHOLE_READ_EVERY:
+                # gpt0 is haproxy's `date` (whole seconds) at the request: a second early
+                read = self.table.read_touched(
+                    self._ask(f"show table {STICK_TABLE} data.conn_cur eq 0"),
+                    self._ask(f"show table {STICK_TABLE} data.gpt0 ge {int(since) - 1}"))
+            if read is None:
+                self.whole_read = now
+                self.whole_reads += 1
+                # read while haproxy writes: 10,000 entries take it ~10 ms (#16)
+                read = self.table.read_chunks(
+                    self.admin.answer_chunks(f"show table {STICK_TABLE}"))
+        except AnswerError as exc:
+            raise HaproxyTrouble(f"show table {STICK_TABLE}: {exc}") from exc
+        except OSError as exc:   # HaproxyUnavailable, a reset, a timeout
+            raise HaproxyTrouble(str(exc)) from exc
+        self.last_read = now
+        return read
 
     def _sources(self, authids: set[str]) -> dict[str, str]:
         """A client ip of each authid, a connection with live streams first; an authid
