@@ -129,9 +129,29 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
     assert "server upstream 127.0.0.1:9200" in text and "server authd 127.0.0.1:9100" in text
     assert f"bind 127.0.0.1:9300 ssl crt {cfg.certificate_path}" in text
     assert "ssl-min-ver TLSv1.2" in text and "timeout tunnel" in text
-    # headers go only after every check; the status request is let through before the paid one
-    assert text.index("del-header ^x-(lthn|itns)-") > text.index("str(DENY_DESTINATION)")
-    assert text.index("http-request allow if status_host status_path") < text.index("!paid")
+    # the rules as written (second pass): headers go only after every check; the status
+    # request is let through before the paid one
+    second = text[text.index("# --- second pass"):]
+    assert second.index("del-header ^x-(lthn|itns)-") > second.index("str(DENY_DESTINATION)")
+    assert second.index("http-request allow if status_host status_path") < second.index("!paid")
+    # the first pass (#16) admits only a request no refusal applies to: every request
+    # refusal's condition is in one of its two flags, the status request's before the
+    # paid check, and everything it does to an admitted request waits for both
+    first = text[text.index("# --- first pass"):text.index("# --- second pass")]
+    flags = {name: first.split(f"set-var(txn.refused_{name}) bool(true) if ", 1)[1]
+             .split("\n", 1)[0].split(" || ") for name in ("early", "late")}
+    answers = [line.rsplit(" if ", 1)[1] for line in second.splitlines()
+               if line.lstrip().startswith("http-request return ")]
+    status_at = second.index("http-request allow if status_host status_path")
+    for answer in answers:
+        at = second.index(f" if {answer}\n")
+        assert set(answer.split(" || ")) <= set(flags["early" if at < status_at else "late"])
+    assert "!paid" in flags["late"] and "!standard_method" in flags["early"]
+    admitting = first[first.index("set-var(txn.refused_late)"):
+                      first.index("http-request allow if !refused")]
+    rules = [line for line in admitting.splitlines() if line.lstrip().startswith("http-request")]
+    assert len(rules) >= 8 and all("!refused" in line for line in rules[1:])
+    assert "http-request allow if status_host status_path !refused_early" in first
     # the node's own addresses: a file lthn-haproxy keeps current, never a fixed list
     own = destinations.own_addresses_path(cfg, "haproxy")
     assert f"acl dest_own_ip var(txn.dhost) -m ip -f {own}" in text
