@@ -182,7 +182,7 @@ def test_source_rules_come_first_and_limits_spare_the_never_ban_list():
         < front.index("DENY_SRC_IP") < front.index("OVERLIMIT") < front.index("BAD_METHOD")
     assert "acl over_connections sc2_conn_cur gt 5" in front
     assert "over_request_rate" not in front                  # 0: no limit
-    assert "if !never_ban over_connections || !never_ban over_connection_rate" in front
+    assert "if over_connections !never_ban || over_connection_rate !never_ban" in front
     assert "x-forwarded-for" not in front.lower() and "expect-proxy" not in front
 
 

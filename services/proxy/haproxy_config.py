@@ -157,8 +157,7 @@ def _squid_answers() -> list[str]:
         "    acl squid_error res.hdr_cnt(x-squid-error) gt 0",
         "    # a destination's own answer (`-` first) leaves txn.answered_by unset, so no",
         "    # refusal below reads it (none of their patterns begins with `-`)",
-        f"    http-response set-var(txn.answered_by) res.hdr({marker}) "
-        "if squid_marked squid_code",
+        f"    http-response set-var(txn.answered_by) res.hdr({marker}) if squid_code",
         "    http-response set-var(txn.answered_by) res.hdr(x-squid-error) "
         "if squid_error !squid_marked || squid_error !squid_code squid_no_server",
         f"    http-response del-header {marker}",
@@ -303,12 +302,12 @@ def _request_rules(config: Config, methods: str) -> list[str]:
         "    # host without brackets or a trailing dot, lower case; its port (80 if not given)",
         '    http-request set-var(txn.dest) "url,regsub(\'^[a-zA-Z][a-zA-Z0-9+.-]*://\','
         '\'\'),regsub(\'/.*\\$\',\'\'),regsub(\'^.*@\',\'\')"',
-        "    acl dest_set var(txn.dest) -m reg .",
+        "    acl dest_set var(txn.dest) -m len gt 0",
         "    http-request set-var(txn.dest) req.hdr(host,1) if !dest_set",
         "    acl dest_has_port var(txn.dest) -m reg :[0-9]+$",
         "    http-request set-var(txn.dport) int(80)",
         "    http-request set-var(txn.dport) int(443) if METH_CONNECT",
-        "    http-request set-var(txn.dport) int(443) if { url -m reg -i ^https:// }",
+        "    http-request set-var(txn.dport) int(443) if { url_beg -i https:// }",
         '    http-request set-var(txn.dport) "var(txn.dest),regsub(\'^.*:([0-9]+)\\$\','
         '\'\\\\1\')" if dest_has_port',
         '    http-request set-var(txn.dhost) "var(txn.dest),regsub(\':[0-9]+\\$\',\'\'),'
@@ -319,10 +318,13 @@ def _request_rules(config: Config, methods: str) -> list[str]:
         *_refuse(Refusal.BAD_METHOD, "!standard_method"),
         "",
         "    # --- the authid: one value, upper case, 16 hex; clients may repeat the header ---",
-        "    acl has_lthn req.hdr_cnt(x-lthn-paymentid) gt 0",
-        "    acl has_itns req.hdr_cnt(x-itns-paymentid) gt 0",
-        "    acl many_lthn req.hdr_cnt(x-lthn-paymentid) gt 2",
-        "    acl many_itns req.hdr_cnt(x-itns-paymentid) gt 2",
+        "    # (each header counted once, #16: the ACLs below read the counts)",
+        "    http-request set-var(txn.lthn_n) req.hdr_cnt(x-lthn-paymentid)",
+        "    http-request set-var(txn.itns_n) req.hdr_cnt(x-itns-paymentid)",
+        "    acl has_lthn var(txn.lthn_n) -m int gt 0",
+        "    acl has_itns var(txn.itns_n) -m int gt 0",
+        "    acl many_lthn var(txn.lthn_n) -m int gt 2",
+        "    acl many_itns var(txn.itns_n) -m int gt 2",
         *_refuse(Refusal.NO_PAYMENT, "!has_lthn !has_itns"),
         "    http-request set-var(txn.lthn1) req.hdr(x-lthn-paymentid,1),upper if has_lthn",
         "    http-request set-var(txn.lthn2) req.hdr(x-lthn-paymentid,-1),upper if has_lthn",
