@@ -150,14 +150,18 @@ def per_route(totals: list[int], n_routes: int, slice_s: float, part: int = 0,
 
 
 def latencies(rig: NodeRig, routes: list[Route], count: int) -> list[list[float]]:
-    """Seconds per GET per route, sequential, the route alternating request by request."""
+    """Seconds per GET per route, sequential, the route alternating request by request.
+    Each round starts at the next route: a GET measured right after another route's
+    (whose processes may still be busy on the two CPUs) is every route's turn alike."""
     request = request_bytes(rig.origin.url("/small"), rig.authid())
     buf = bytearray(1 << 16)
     socks = [r.connect() for r in routes]
     out: list[list[float]] = [[] for _ in routes]
     try:
         for n in range(100 + count):
-            for i, sock in enumerate(socks):
+            for k in range(len(socks)):
+                i = (n + k) % len(socks)
+                sock = socks[i]
                 t0 = time.perf_counter()
                 sock.sendall(request)
                 if read_response(sock, buf) != 200:
