@@ -22,6 +22,9 @@ the format lthn/haproxy/request_log.py parses, to authd, squid's refusals and fa
 admitted requests included; what never became a request (a failed TLS handshake, an
 unparsable request) through error-log-format. What other daemons rely on (tables, log
 format and port, map, admin socket) is named in lthn/haproxy/contract.py, not here.
+The request rules are rendered in two passes (`_fast_path`, #16): an admitted request
+reads each refusal's condition once and skips the refusals' rules; any other request
+runs the rules as written, in the order above.
 """
 from __future__ import annotations
 
