@@ -67,10 +67,14 @@ class Haproxy:
         # the map file holds the authids active when the node's haproxy started; authd
         # added the paid one to that haproxy at runtime: the same here
         admin = HaproxyAdmin(directory / "admin.sock")
-        wait_for(lambda: admin.command(f"add map {contract.authid_map_path(fw.config)} "
-                                       f"{PAID} {PAID[:2]}") is not None, timeout=20,
-                 what=f"haproxy's admin socket for {cfg}")
-        wait_for(lambda: self._answers(fw), timeout=20, what=f"haproxy on {cfg}")
+        try:
+            wait_for(lambda: admin.command(f"add map {contract.authid_map_path(fw.config)} "
+                                           f"{PAID} {PAID[:2]}") is not None, timeout=20,
+                     what=f"haproxy's admin socket for {cfg}")
+            wait_for(lambda: self._answers(fw), timeout=20, what=f"haproxy on {cfg}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _answers(self, fw: FirewallNode) -> bool:
         assert self.proc.poll() is None, self.out.read_text()
