@@ -234,3 +234,18 @@ def test_touched_listings_report_what_a_whole_read_would():
         reader.read_touched(listed(2, (a, "conn_cur=x")), listed(2))
     # a whole read afterwards agrees
     assert reader.read(listed(2, (a, idle), (c, live))) == ({}, set())
+
+
+def test_the_idle_keys_follow_every_read():
+    """read_touched finds expired entries among the keys known idle (TableReader.idle),
+    kept in step by whole and filtered reads alike."""
+    a, b = "1A00000000000001", "1A00000000000002"
+    live, idle = ("conn_cur=1 http_req_cnt=1 bytes_in_cnt=0 bytes_out_cnt=0",
+                  "conn_cur=0 http_req_cnt=1 bytes_in_cnt=5 bytes_out_cnt=5")
+    reader = TableReader("authid_sessions")
+    reader.read(listing(("0x1", a, 9, live), ("0x2", b, 9, idle)))
+    assert reader.idle == {b}
+    reader.read(listing(("0x1", a, 8, idle), ("0x2", b, 8, idle)))
+    assert reader.idle == {a, b}
+    reader.read(listing(("0x1", a, 7, live)))
+    assert reader.idle == set() and reader.counters == {a: live}

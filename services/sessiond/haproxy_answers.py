@@ -120,6 +120,7 @@ class TableReader:
     def __init__(self, table: str) -> None:
         self.table = table
         self.counters: dict[str, str] = {}
+        self.idle: set[str] = set()          # keys whose counters say no live stream
         # the entries carry the time of their last request (gpt0), as the last whole
         # read showed: only then can `read_touched` be asked
         self.touch_stored = False
@@ -209,9 +210,8 @@ class TableReader:
                 if m is None:
                     self._refuse([answer.encode()], iter(()))
                 parsed[m[1]] = (line, m[3])
-        gone = {key for key, counters in self.counters.items()
-                if counters.startswith(IDLE) and key not in parsed}
-        if used != {len(self.counters.keys() - gone | parsed.keys())}:
+        gone = self.idle - parsed.keys()
+        if used != {len(self.counters) - len(gone) + len(parsed.keys() - self.counters.keys())}:
             return None
         return self._take(parsed, gone)
 
@@ -229,9 +229,14 @@ class TableReader:
             known[line] = key
             self.line_of[key] = line
             self.counters[key] = counters
+            if counters.startswith(IDLE):
+                self.idle.add(key)
+            else:
+                self.idle.discard(key)
         for key in gone:
             del known[self.line_of.pop(key)]
             del self.counters[key]
+            self.idle.discard(key)
         return fresh, gone
 
     @staticmethod

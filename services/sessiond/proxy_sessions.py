@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Collection
 
 from lthn.haproxy.contract import STICK_TABLE, STREAM_TABLE
 from lthn.haproxy.runtime import HaproxyAdmin
@@ -80,7 +80,7 @@ class ProxyAdapter:
             raise HaproxyTrouble(f"{command}: {exc}") from exc
 
     # --- what is live ---
-    def poll(self, known: Container[str] = frozenset()) -> dict[str, Observed]:
+    def poll(self, known: Collection[str] = frozenset()) -> dict[str, Observed]:
         """Every table entry by key (= authid), `live` or not (a session that ended
         carries its final byte counters); raises HaproxyTrouble. The client address of a
         live authid not in `known` (a session about to open) is read from the stream
@@ -118,7 +118,7 @@ class ProxyAdapter:
                 live=entry.conn_cur > 0 or requested)
             if requested and entry.conn_cur == 0:
                 pulse.add(key)
-        opening = [key for key, seen in live.items() if seen.live and key not in known]
+        opening = [key for key in live.keys() - known if live[key].live]
         if opening:
             sources = self._sources(set(opening))
             for key in opening:
