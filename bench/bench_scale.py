@@ -13,7 +13,8 @@ admitted-request rules) on a plain-HTTP front end. In one run it prints:
 2. sessiond: its tick (from its own log, `tick: ... ms`) with no live session (the
    baseline), then with LIVE live sessions for long enough to include a minute-of-use
    boundary (when every session's minute ends together); and how long haproxy alone
-   takes to answer the tick's `show table` (the floor);
+   takes to answer a whole `show table` (what a tick read every time before #16), and
+   sessiond's full garbage collections between ticks;
 3. a cut at that scale: 50 live authids with a CONNECT tunnel each run dry together;
    time from their credit revoked to their tunnels closed;
 4. RSS of every daemon (and together) with an empty ledger, at 100,000 authids, and at
@@ -57,6 +58,8 @@ from lthn.haproxy.runtime import HaproxyAdmin  # noqa: E402
 from lthn.ledger import Ledger  # noqa: E402
 from services.authd.map_sync import MapSync  # noqa: E402
 from services.proxy import haproxy_config  # noqa: E402
+from services.sessiond.collector import FULL_EVERY  # noqa: E402
+from services.sessiond.proxy_sessions import WHOLE_READ_EVERY  # noqa: E402
 from tests.fixtures.mini_proxy import ConnectOrigin, closed_by_peer, open_tunnel  # noqa: E402
 from tests.fixtures.node import Node, default_config, merge  # noqa: E402
 
@@ -64,6 +67,7 @@ DAEMONS = ("busd", "paymentd", "authd", "sessiond", "firewalld")
 SERVICE = "1A"
 TICK = re.compile(r"tick: (\d+) live, (\d+) looked at, (\d+) charged, (\d+) deactivated; "
                   r"([\d.]+) ms \(haproxy ([\d.]+), ledger ([\d.]+); cpu ([\d.]+)\)")
+GC = re.compile(r"garbage collected: \d+ unreachable, ([\d.]+) ms")
 GOAL_TICK_MS = 50.0
 GOAL_RSS_MB = 200.0
 
@@ -291,6 +295,7 @@ def run(work: Path, authids_total: int, live_total: int) -> None:
         print("   75 s of ticks with them live (a minute of use ends in there)", flush=True)
         time.sleep(75)
         live_ticks = ticks_since(node, offset)
+        collections = [float(m[1]) for m in GC.finditer(node.log_text("sessiond")[offset:])]
         floor = timed(lambda: haproxy.admin.command(f"show table {contract.STICK_TABLE}"))
         rss_live = daemon_rss(node)
 
@@ -332,8 +337,13 @@ def run(work: Path, authids_total: int, live_total: int) -> None:
                   f"{live_p99 / GOAL_TICK_MS:.2f}, sessiond's own CPU "
                   f"{cpu_p99 / GOAL_TICK_MS:.2f} (wall time waits for the CPUs when the "
                   "load average is above 2)")
-        print(f"  haproxy alone answers the tick's `show table` ({live_total:,} entries) in "
-              f"{floor * 1e3:.1f} ms (the floor)")
+        if collections:
+            print(f"  between ticks, {len(collections)} full garbage collections (one in "
+                  f"{FULL_EVERY} ticks, services/sessiond/collector.py): p50 "
+                  f"{percentile(collections, 50):.1f} ms, max {max(collections):.1f} ms")
+        print(f"  haproxy alone answers a whole `show table` ({live_total:,} entries, what "
+              f"a tick read before #16 and now every {WHOLE_READ_EVERY:g} s) in "
+              f"{floor * 1e3:.1f} ms")
         print(f"  {live_total:,} sessions opened in sessiond's ledger {t4 - t3:.1f} s after "
               "the first request")
         print()

@@ -29,6 +29,7 @@ from lthn.ledger import Ledger
 from lthn.messages import AuthidDeactivated, ControlResync, SessionCut
 from lthn.requests import AuthidChanged, KillSession, Revoke, SessionKilled, Spend
 from services.sessiond import charging
+from services.sessiond.collector import TickCollector
 from services.sessiond.proxy_sessions import HaproxyTrouble, ProxyAdapter
 from services.sessiond.schedule import Schedule
 from services.sessiond.session_book import Observed, SessionBook
@@ -55,6 +56,7 @@ class Sessiond(Daemon):
             self.adapter = adapter or ProxyAdapter(
                 HaproxyAdmin(contract.admin_socket_path(config), timeout=1.0))
         self.book = SessionBook("proxy", ledger.open_sessions("proxy"))
+        self.collector = TickCollector()
         # VPN clients (issue #18): their own adapter and book, charged in the same tick
         self.vpn: VpnAdapter | None = None
         if self.tracking and config.vpn.enabled:
@@ -187,6 +189,7 @@ class Sessiond(Daemon):
             self.cut(cuts)
             log.debug("tick: cut done %.1f ms after the tick began",
                       (time.monotonic() - began) * 1000)
+        self.collector.after_tick()
 
     # --- lthnctl (issue #19) ---
     def status_details(self) -> dict:
