@@ -5,7 +5,9 @@ the rules as written (the same config with the first pass cut out), each in its 
 haproxy in front of the same node's squid, map and lists: every request of a matrix of
 payment headers, methods, destination forms (absolute, origin-form with Host, CONNECT
 authorities, userinfo, IPv6 brackets, trailing dots, numeric hosts, other schemes, long
-labels, denied and excepted addresses, squid's own answers; no name squid would look up)
+labels, denied and excepted addresses, squid's own answers; no name squid would look up,
+and every denied address a loopback one: a wrong admission by both cannot leave the
+machine)
 and sources gets the same status, X-LTHN-Status and body from both, and both log the
 same lines.
 """
@@ -157,10 +159,10 @@ def matrix(fw: FirewallNode) -> list[tuple[str, str, str, str | None, list]]:
         ("127.0.0.1", "GET", f"https://127.0.0.1:{port}/page", PAID, []),
         ("127.0.0.1", "GET", "ftp://127.0.0.1/file", PAID, []),
         ("127.0.0.1", "GET", "cache_object://127.0.0.1/info", PAID, []),
-        ("127.0.0.1", "GET", "http://10.1.2.3/", PAID, []),
+        ("127.0.0.1", "GET", "http://127.0.0.5/", PAID, []),
         ("127.0.0.1", "GET", "http://[::1]/", PAID, []),
         ("127.0.0.1", "GET", f"http://[::1]:{port}/", PAID, []),
-        ("127.0.0.1", "GET", "http://[::ffff:10.0.0.1]/", PAID, []),
+        ("127.0.0.1", "GET", "http://[::ffff:127.0.0.5]/", PAID, []),
         ("127.0.0.1", "GET", "http://127.1/", PAID, []),
         ("127.0.0.1", "GET", "http://0x7f.1/", PAID, []),
         ("127.0.0.1", "GET", "http://2130706433/", PAID, []),
@@ -170,10 +172,10 @@ def matrix(fw: FirewallNode) -> list[tuple[str, str, str, str | None, list]]:
         ("127.0.0.1", "GET", f"http://{'b' * 63}.invalid:22/", PAID, []),
         ("127.0.0.1", "GET", f"http://{'c.' * 130}invalid/", PAID, []),
         ("127.0.0.1", "GET", "http://name.invalid:22/", PAID, []),
-        ("127.0.0.1", "CONNECT", "10.0.0.1:443", PAID, []),
+        ("127.0.0.1", "CONNECT", "127.0.0.5:443", PAID, []),
         ("127.0.0.1", "CONNECT", "name.invalid:80", PAID, []),
-        ("127.0.0.1", "CONNECT", "user@10.0.0.1:443", PAID, []),
-        ("127.0.0.1", "CONNECT", "[fe80::1]:443", PAID, []),
+        ("127.0.0.1", "CONNECT", "user@127.0.0.5:443", PAID, []),
+        ("127.0.0.1", "CONNECT", "[::ffff:127.0.0.5]:443", PAID, []),
         ("127.0.0.1", "GET", "http://_remote_/status", PAID, []),
         ("127.0.0.1", "GET", "http://remote.lethean/status", UNPAID, []),
         ("127.0.0.1", "GET", "http://_remote_/status", None, []),
