@@ -56,9 +56,7 @@ from benchlib import keep_or_remove, percentile, print_total, wait  # noqa: E402
 
 from lthn.haproxy import contract  # noqa: E402
 from lthn.haproxy.runtime import HaproxyAdmin  # noqa: E402
-from tests.fixtures.firewall import FIREWALL_PROGRAMS, FirewallNode  # noqa: E402
-from tests.fixtures.node import Node, default_config, merge  # noqa: E402
-from tests.fixtures.proxy import Origin, _origin_handler  # noqa: E402
+from tests.fixtures.firewall import FirewallNode, start_firewall_node  # noqa: E402
 
 GOAL = 1.0            # seconds from a save to its verdict (#17)
 POLL = 0.010          # the client's request interval
@@ -165,36 +163,17 @@ def start_node(work: Path, hosts: Path) -> tuple[FirewallNode, ThreadingHTTPServ
     """As the `firewall_node` fixture builds one (tests/fixtures/firewall.py), with the
     polling clients in the never-ban list: each poll of a refused verdict is an offence,
     and 100 a second are over the request-rate limit (tests/e2e/test_issue_17_lists.py)."""
-    origin = Origin(port=0)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _origin_handler(origin))
-    origin.port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = merge(default_config(work / "state"), {
-        "proxy": {"allow_destinations": [f"127.0.0.1:{origin.port}"],
-                  "hosts_file": str(hosts)},
-        "firewall": {"nftables": "off",
-                     "never_ban": ["127.0.0.1", DENIED_SOURCE, DESTINATION_CLIENT]},
-        "log_level": "info",
-    })
-    node = Node(work, config, FIREWALL_PROGRAMS)
+    fw, server = start_firewall_node(work, {
+        "proxy": {"hosts_file": str(hosts)},
+        "firewall": {"never_ban": ["127.0.0.1", DENIED_SOURCE, DESTINATION_CLIENT]},
+    }, timeout=60.0)
     try:
-        node.start(timeout=60.0)      # a failure's message carries every log's tail
-    except BaseException:
-        node.stop()
-        server.shutdown()
-        raise
-    try:
-        fw = FirewallNode(node, origin)
-        wait(lambda: fw.status_of("127.0.0.1") == "NO_PAYMENT", 20,
-             "haproxy answering on its TLS port")
-        wait(lambda: "haproxy: firewall rules applied" in node.log_text("firewalld"), 15,
-             "firewalld applying the firewall rules")
         fw.pay(PAID, 10**13)
         wait(lambda: fw.status_of(DESTINATION_CLIENT, PAID) == "200", 20,
              "the paying authid admitted")
     except BaseException:
-        print(node.diagnostics())
-        node.stop()
+        print(fw.node.diagnostics())
+        fw.node.stop()
         server.shutdown()
         raise
     return fw, server
