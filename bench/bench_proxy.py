@@ -23,7 +23,7 @@ every route against squid alone, the CPU each part spends per GET (the node's da
 included), and the noise: each figure over the run's first, middle and last thirds.
 haproxy -> squid over a unix socket cannot be tried: squid listens on TCP only.
 
-    python bench/bench_proxy.py [--quick] [--keep]
+    python bench/bench_proxy.py [--quick] [--core] [--keep]
 """
 
 from __future__ import annotations
@@ -312,6 +312,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run (~2 minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and logs")
+    parser.add_argument("--core", action="store_true",
+                        help="only the node, the bare chain (default and one thread) and "
+                        "squid alone: four routes woken in turn instead of eight")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
@@ -323,14 +326,15 @@ def main() -> int:
     squids: list[SmpSquid] = []
     try:
         rig.start()
-        squids = [SmpSquid(rig, workers=2).start()]
         variants = [BareHaproxy(rig, "bare"),
-                    BareHaproxy(rig, "bare, nbthread 1", nbthread=1),
-                    BareHaproxy(rig, "bare, AES128-GCM",
-                                ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"),
-                    BareHaproxy(rig, "bare, CHACHA20",
-                                ciphers="ECDHE-ECDSA-CHACHA20-POLY1305"),
-                    BareHaproxy(rig, "bare, squid 2 workers", squid=squids[0])]
+                    BareHaproxy(rig, "bare, nbthread 1", nbthread=1)]
+        if not args.core:
+            squids = [SmpSquid(rig, workers=2).start()]
+            variants += [BareHaproxy(rig, "bare, AES128-GCM",
+                                     ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"),
+                         BareHaproxy(rig, "bare, CHACHA20",
+                                     ciphers="ECDHE-ECDSA-CHACHA20-POLY1305"),
+                         BareHaproxy(rig, "bare, squid 2 workers", squid=squids[0])]
         for variant in variants:
             variant.start()
         routes = [rig.route, *[v.route for v in variants], rig.squid,
