@@ -275,13 +275,12 @@ def charge_tick(tx: Tx, config: Config, schedule: Schedule, live: set[str],
         spans = spans_of(sessions.get(authid, ()))
         decided.append((row, plan(row, now, spans, mode, grace, policy), mode, grace, spans))
     # ACTIVE, not spending -> spending
-    starting = [(row, d.spending_since / 1000) for row, d, *_ in decided
-                if d.spending_since is not None]
-    begun = {r.authid: r for r in tx.start_spending_many(starting)}
-    tx.audit_many(ACTOR, "spending", [
-        (row.authid, dict(why=d.why, since=d.spending_since / 1000))
-        for row, d, *_ in decided if d.spending_since is not None])
-    started = [(row.authid, d.why) for row, d, *_ in decided if d.spending_since is not None]
+    starts = [(row, d.spending_since / 1000, d.why) for row, d, *_ in decided
+              if d.spending_since is not None]
+    begun = {r.authid: r for r in tx.start_spending_many([(r, s) for r, s, _ in starts])}
+    tx.audit_many(ACTOR, "spending", [(row.authid, dict(why=why, since=since))
+                                      for row, since, why in starts])
+    started = [(row.authid, why) for row, _, why in starts]
     uses = [access.Use(begun.get(row.authid, row), rules[row.service_id], d.ms, mode)
             for row, d, mode, _, _ in decided if d.ms > 0]
     done = {c.row.authid: c for c in access.charge_many(tx, uses, ACTOR)}
