@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 
@@ -668,10 +668,9 @@ def _filters(conditions: dict[str, Any]) -> tuple[str, list[Any]]:
 # authids in one `IN (...)` list: far below SQLite's 32,766 variables and PostgreSQL's
 # 65,535 parameters (sessions_of_many lists each twice)
 BATCH = 500
-T = TypeVar("T")
 
 
-def _batches(items: Sequence[T]) -> Iterator[Sequence[T]]:
+def _batches(items: list[str]) -> Iterator[list[str]]:
     for start in range(0, len(items), BATCH):
         yield items[start:start + BATCH]
 
@@ -1061,9 +1060,7 @@ class Tx:
 
     # --- audit and outbox: every change of money or access passes here ---
     def audit(self, actor: str, event: str, authid: str, **detail: Any) -> None:
-        self.conn.execute(
-            "INSERT INTO audit (at, actor, event, authid, detail) VALUES (?,?,?,?,?)",
-            (self.now, actor, event, authid, json.dumps(detail, sort_keys=True)))
+        self.audit_many(actor, event, [(authid, detail)])
 
     def audit_many(self, actor: str, event: str,
                    lines: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
@@ -1084,6 +1081,4 @@ class Tx:
 
     def emit(self, msg: Message) -> None:
         """Queue a bus message; it is published after commit (see Ledger.take_outbox)."""
-        self.conn.execute("INSERT INTO outbox (topic, version, body) VALUES (?, ?, ?)",
-                          (msg.topic, msg.version,
-                           msgpack.packb(msg.fields(), use_bin_type=True)))
+        self.emit_many([msg])
