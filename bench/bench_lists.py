@@ -25,10 +25,10 @@ firewalld keeps (lthn/haproxy/contract.py's `src_deny`, `dst_deny_domains` and
 apply time and the client's poll, without firewalld's watch of the file (it polls every
 `firewall.poll_interval`) or squid. Printed per list: p50/p99/max of the node and the
 baseline, the node's against the goal (applied within 1 s of the save) and against the
-baseline; and the requests that took over half a second (squid closes its port while it
-re-reads its config, and haproxy waits a second before it retries a refused connection:
-a request sent then answers a second late, whatever the list). The machine's other work
-moves every figure; the load average is printed.
+baseline; the slowest request, and the requests that took over half a second (squid
+closes its port while it re-reads its config; haproxy retries it every 100 ms, where its
+default turn-around of a second made a request sent then answer a second late). The
+machine's other work moves every figure; the load average is printed.
 
     .venv/bin/python bench/bench_lists.py [--saves 20] [--quick] [--keep]
 """
@@ -83,6 +83,8 @@ class Case:
     other: Counter = field(default_factory=Counter)   # answers neither verdict, per kind
     slow: dict[str, list[float]] = field(      # node|baseline -> requests over SLOW, s
         default_factory=lambda: {"node": [], "baseline": []})
+    slowest: dict[str, float] = field(         # node|baseline -> the slowest request, s
+        default_factory=lambda: {"node": 0.0, "baseline": 0.0})
 
 
 def until_verdict(case: Case, who: str, wanted: str, old: str, what: str) -> float:
@@ -90,9 +92,10 @@ def until_verdict(case: Case, who: str, wanted: str, old: str, what: str) -> flo
     reconfiguring squid must not hold back the next), until one is answered `wanted`;
     the monotonic time the first such answer arrived. Every request is answered (or
     fails) before this returns, so none overlaps the next change. Answers other than old
-    and wanted are counted, failed requests too, and requests slower than SLOW (haproxy
-    waits a second before it retries a squid that refused the connection, closed while
-    it reconfigures) are kept."""
+    and wanted are counted, failed requests too, and requests slower than SLOW are kept
+    (squid's port is closed for a moment while it reconfigures: haproxy retries it every
+    100 ms, services/proxy/haproxy_config.py; with its default of a second, such a
+    request answered a second late)."""
     lock = threading.Lock()
     found = threading.Event()
     arrivals: list[float] = []
@@ -105,6 +108,7 @@ def until_verdict(case: Case, who: str, wanted: str, old: str, what: str) -> flo
             verdict = f"error {type(exc).__name__}"
         arrived = time.monotonic()
         with lock:
+            case.slowest[who] = max(case.slowest[who], arrived - sent)
             if arrived - sent > SLOW:
                 case.slow[who].append(arrived - sent)
             if verdict == wanted:
@@ -200,6 +204,8 @@ def report(case: Case, poll_interval: float) -> None:
     print(f"  node/baseline: p50 {percentile(node, 50) / percentile(base, 50):.1f}x, p99 "
           f"{percentile(node, 99) / percentile(base, 99):.1f}x (firewalld looks at the "
           f"files every {poll_interval:g} s)")
+    print(f"  the slowest request: node {case.slowest['node'] * 1e3:.0f} ms, baseline "
+          f"{case.slowest['baseline'] * 1e3:.0f} ms")
     for who, held in case.slow.items():
         if held:
             print(f"  {who}: {len(held)} requests took over {SLOW:g} s (the slowest "

@@ -249,3 +249,19 @@ def test_haproxy_runs_one_thread_on_two_cpus_or_fewer(tmp_path, monkeypatch):
     for cpus, expected in ((1, True), (2, True), (4, False)):
         monkeypatch.setattr(haproxy_config.os, "cpu_count", lambda n=cpus: n)
         assert ("    nbthread 1\n" in haproxy_config.render(cfg)) is expected
+
+
+def test_haproxy_retries_the_nodes_own_squid_often_and_another_proxy_as_haproxy_does(
+        tmp_path):
+    """The node's squid closes its port while it reconfigures (tests/e2e/
+    test_issue_17_lists.py has a request wait for it); another proxy, maybe across a
+    network, keeps haproxy's defaults (a connect may take long there)."""
+    def upstream(**proxy) -> str:
+        text = haproxy_config.render(config(tmp_path, **proxy)[0])
+        return text[text.index("\nbackend lthn_upstream"):].split("\n\n")[0]
+
+    own = upstream()
+    assert "    timeout connect 100ms\n" in own and "    retries 100\n" in own
+    other = upstream(backend="192.0.2.7:3128")
+    assert "timeout connect" not in other and "retries" not in other
+    assert "    server upstream 192.0.2.7:3128" in other

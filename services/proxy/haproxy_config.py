@@ -51,6 +51,28 @@ def backend_address(config: Config) -> str:
         else config.proxy.backend
 
 
+# The node's own squid closes its port for a moment while it re-reads its config (firewalld
+# asks it to when a destination deny list changes, #17). haproxy waits
+# min(1 s, timeout connect) before it retries a refused connection: with the defaults, a
+# request sent in that moment answered a second late. On loopback a connect completes at
+# once or is refused, so a short connect timeout costs nothing, and the retries cover a
+# squid that takes seconds to come back (under load, or restarted by supervisord).
+SQUID_CONNECT_TIMEOUT_MS = 100
+SQUID_RETRIES = 100
+
+
+def _upstream_retries(config: Config) -> list[str]:
+    if config.proxy.backend != "squid":
+        return []    # another proxy, maybe across a network: haproxy's defaults
+    return [
+        "    # squid's port is closed for a moment while it re-reads its config: retry",
+        f"    # every {SQUID_CONNECT_TIMEOUT_MS} ms for up to "
+        f"{SQUID_CONNECT_TIMEOUT_MS * SQUID_RETRIES / 1000:g} s, not once a second",
+        f"    timeout connect {SQUID_CONNECT_TIMEOUT_MS}ms",
+        f"    retries {SQUID_RETRIES}",
+    ]
+
+
 def _refuse(refusal: Refusal, condition: str, rule: str = "http-request") -> list[str]:
     """Remember the reason for the log line, count it against the source (an offence
     when its kind may ban, #17), then answer with it. A refusal of a response logs again:
@@ -473,6 +495,7 @@ def render(config: Config) -> str:
         "    default_backend lthn_upstream",
         "",
         "backend lthn_upstream",
+        *_upstream_retries(config),
         f"    server upstream {backend_address(config)}",
         *_squid_answers(),
         "",
