@@ -28,17 +28,14 @@ valgrind must be installed (Debian: `apt-get install valgrind`); scripts/setup d
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import keep_or_remove, print_total, wait
+from benchlib import in_work_dir, wait
 from proxy_rig import BARE_CONFIG, NodeRig, Route, read_response, request_bytes
 
 from lthn.ports import free_port
@@ -208,17 +205,9 @@ def main() -> int:
         if not shutil.which(tool):
             raise SystemExit(f"bench: {tool} is not installed (Debian: apt-get install "
                              f"{'haproxy' if tool == 'haproxy' else 'valgrind'})")
-    work = Path(tempfile.mkdtemp(prefix="bench-haproxy-instructions-"))
-    started = time.monotonic()
-    print(f"work dir {work}; {os.cpu_count()} CPUs (instructions do not depend on them)",
-          flush=True)
-    try:
-        run(work, args.quick)
-    finally:
-        keep_or_remove(work, args.keep)
-    print_total(started)
-    return 0
-
+    return in_work_dir("bench-haproxy-instructions-", args.keep,
+                       lambda work: run(work, args.quick),
+                       note="instructions do not depend on them")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -39,7 +39,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +48,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # for tests.fixtures (not an installed package)
 
-from benchlib import keep_or_remove, percentile, print_total, wait  # noqa: E402
+from benchlib import in_work_dir, percentile, wait  # noqa: E402
 
 from lthn import config as config_mod  # noqa: E402
 from lthn.haproxy import contract  # noqa: E402
@@ -378,17 +377,8 @@ def main() -> int:
     parser.add_argument("--live", type=int, default=9_900)
     parser.add_argument("--keep", action="store_true", help="keep the work dir and logs")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    started = time.monotonic()
-    print(f"work dir {work}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
-          flush=True)
-    try:
-        run(work, args.authids, args.live)
-    finally:
-        keep_or_remove(work, args.keep)
-    print_total(started)
-    return 0
-
+    return in_work_dir("bench-scale-", args.keep,
+                       lambda work: run(work, args.authids, args.live))
 
 if __name__ == "__main__":
     raise SystemExit(main())

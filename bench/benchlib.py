@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,21 @@ def keep_or_remove(work: Path, keep: bool) -> None:
         print(f"kept {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def in_work_dir(prefix: str, keep: bool, body: Callable[[Path], None], note: str = "") -> int:
+    """A bench's whole run: a new work dir (said, with the machine's CPUs and `note`, or
+    its load average), `body(work)`, then the dir kept or removed, and the total."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    started = time.monotonic()
+    note = note or f"load average {os.getloadavg()[0]:.2f}"
+    print(f"work dir {work}; {os.cpu_count()} CPUs, {note}", flush=True)
+    try:
+        body(work)
+    finally:
+        keep_or_remove(work, keep)
+    print_total(started)
+    return 0
 
 
 def print_total(started: float) -> None:
