@@ -9,11 +9,12 @@ slower" roughly.
 
 It starts the node as bench_proxy.py does (bench/proxy_rig.py: every program under
 supervisord, 100,000 active authids), then runs haproxy under callgrind, one config after
-another, each in front of the node's squid: the node's own haproxy.cfg (its bind port,
-admin socket and log targets moved; the same map, lists and rules), and the bare chain's
-(proxy_rig.BARE_CONFIG). A keep-alive client sends WARMUP GETs, the counters are zeroed
-(`callgrind_control -z`), then GETS GETs of the small page with a paid authid; the count
-over those, divided by GETS, is printed, with node/bare.
+another, each in front of the node's squid: the node's own haproxy.cfg and the bare
+chain's (the one proxy_rig.BareHaproxy writes), each moved to a port, admin socket and log
+target of its own (tests/fixtures/haproxy_copy.py; the same map, lists and rules). A
+keep-alive client sends WARMUP GETs, the counters are zeroed (`callgrind_control -z`),
+then GETS GETs of the small page with a paid authid; the count over those, divided by
+GETS, is printed, with node/bare.
 
 Then, unless --quick, where the node's excess goes: the node's config with one group of
 its rules taken out at a time (each such config still admits the GET, but is not one to
@@ -36,10 +37,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchlib import in_work_dir, wait
-from proxy_rig import BARE_CONFIG, NodeRig, Route, read_response, request_bytes
+from proxy_rig import BareHaproxy, NodeRig, Route, read_response, request_bytes
 
 from lthn.ports import free_port
 from tests.fixtures.common import kill_group
+from tests.fixtures.haproxy_copy import relocated
 
 AUTHIDS = 100_000
 WARMUP = 100
@@ -103,11 +105,8 @@ class Counted:
         self.port = free_port()
         self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # its log lines
         self.sink.bind(("127.0.0.1", 0))
-        text = re.sub(r"(?m)^(    bind \S+?):\d+ ", rf"\g<1>:{self.port} ", text)
-        text = re.sub(r"stats socket \S+", f"stats socket {directory}/admin.sock", text)
-        text = re.sub(r"(?m)^    log 127\.0\.0\.1:\d+ ",
-                      f"    log 127.0.0.1:{self.sink.getsockname()[1]} ", text)
-        (directory / "haproxy.cfg").write_text(text)
+        (directory / "haproxy.cfg").write_text(relocated(
+            text, self.port, directory / "admin.sock", self.sink.getsockname()[1]))
         self.out = directory / "callgrind.out"
         with open(directory / "haproxy.log", "wb") as log:
             self.proc = subprocess.Popen(
@@ -166,13 +165,11 @@ def run(work: Path, quick: bool) -> None:
     try:
         rig.start()
         node_text = (rig.config.state / "run" / "haproxy.cfg").read_text()
-        bare_text = BARE_CONFIG.format(
-            admin=work / "unused.sock", port=0, crt=rig.config.state / "tls" / "provider.pem",
-            squid_port=rig.config.proxy.squid_port, global_extra="", bind_extra="")
+        bare_text = BareHaproxy(rig, "bare").cfg.read_text()   # written, not started
         print(f"each config: {WARMUP} GETs, then {GETS} counted (keep-alive, a paid authid, "
               f"{AUTHIDS:,} in the map)", flush=True)
-        node = count(rig, node_text, work / "node")
-        bare = count(rig, bare_text, work / "bare")
+        node = count(rig, node_text, work / "callgrind" / "node")
+        bare = count(rig, bare_text, work / "callgrind" / "bare")
         print(f"\nhaproxy instructions per admitted GET:\n"
               f"  node {node / 1e3:8.1f}k\n  bare {bare / 1e3:8.1f}k (baseline)\n"
               f"  node/bare {node / bare:.2f}; excess {(node - bare) / 1e3:.1f}k", flush=True)
@@ -181,14 +178,13 @@ def run(work: Path, quick: bool) -> None:
         print("\nwhere the excess goes (the node's config with one group taken out):",
               flush=True)
         without: dict[str, float] = {}
+        costs: list[float] = []
         for i, (name, cut) in enumerate(GROUPS.items()):
-            without[name] = count(rig, cut(node_text), work / f"group-{i}")
-            base = without.get(DIFFERENCE_OF.get(name, ""), node)
-            cost = base - without[name]
-            print(f"  {name:70} {cost / 1e3:6.1f}k {cost / (node - bare):5.0%}", flush=True)
-        parts = sum((without.get(DIFFERENCE_OF.get(n, ""), node) - v)
-                    for n, v in without.items())
-        rest = node - bare - parts
+            without[name] = count(rig, cut(node_text), work / "callgrind" / f"group-{i}")
+            costs.append(without.get(DIFFERENCE_OF.get(name, ""), node) - without[name])
+            print(f"  {name:70} {costs[-1] / 1e3:6.1f}k {costs[-1] / (node - bare):5.0%}",
+                  flush=True)
+        rest = node - bare - sum(costs)
         print(f"  {'the rest (the map and variables these read, the other rules)':70} "
               f"{rest / 1e3:6.1f}k {rest / (node - bare):5.0%}")
     finally:

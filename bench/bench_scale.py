@@ -380,5 +380,6 @@ def main() -> int:
     return in_work_dir("bench-scale-", args.keep,
                        lambda work: run(work, args.authids, args.live))
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

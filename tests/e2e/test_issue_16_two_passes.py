@@ -14,7 +14,6 @@ same lines.
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from lthn.ports import free_port
 from services.proxy import haproxy_config
 from tests.fixtures.common import kill_group, wait_for
 from tests.fixtures.firewall import FirewallNode
+from tests.fixtures.haproxy_copy import relocated
 from tests.fixtures.proxy import ProxyClient
 
 PAID = "1A16161616161601"
@@ -54,12 +54,9 @@ class Haproxy:
         self.log = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.log.bind(("127.0.0.1", 0))
         self.port = free_port()
-        text = re.sub(r"(?m)^(    bind \S+?):\d+ ", rf"\g<1>:{self.port} ", text)
-        text = re.sub(r"stats socket \S+", f"stats socket {directory}/admin.sock", text)
-        text = re.sub(r"(?m)^    log 127\.0\.0\.1:\d+ ",
-                      f"    log 127.0.0.1:{self.log.getsockname()[1]} ", text)
         cfg = directory / "haproxy.cfg"
-        cfg.write_text(text)
+        cfg.write_text(relocated(text, self.port, directory / "admin.sock",
+                                 self.log.getsockname()[1]))
         self.out = directory / "haproxy.out"
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=out,
