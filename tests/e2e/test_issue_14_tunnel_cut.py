@@ -21,12 +21,10 @@ import zmq
 from lthn import access
 from lthn import config as config_mod
 from lthn.bus import Envelope, Subscriber
-from lthn.haproxy import contract
-from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.ledger import Ledger
 from tests.fixtures.common import wait_for
 from tests.fixtures.mini_proxy import EchoServer, closed_by_peer
-from tests.fixtures.proxy import ProxyClient
+from tests.fixtures.proxy import ProxyClient, in_haproxy_map
 from tests.fixtures.regtest import new_authid
 
 PROGRAMS = ("busd", "authd", "sessiond", "haproxy", "squid")
@@ -66,10 +64,8 @@ def test_issue_14_tunnel_opened_while_sessiond_restarts_is_cut_when_credit_runs_
                 config, config.services[0]), "test")
         assert row.state == "ACTIVE"
         # asked of haproxy, not by a request: the tunnel below is the authid's first stream
-        admin = HaproxyAdmin(contract.admin_socket_path(config))
-        wait_for(lambda: "found=yes" in admin.command(
-            f"get map {contract.authid_map_path(config)} {authid}"),
-            timeout=10, what="authd admitting the paid authid")
+        wait_for(lambda: in_haproxy_map(config, authid), timeout=10,
+                 what="authd admitting the paid authid")
 
         # sessiond dies; the tunnel opens before supervisord has started another
         old = node.pid("sessiond")

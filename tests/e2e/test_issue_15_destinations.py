@@ -26,7 +26,7 @@ from lthn.haproxy.runtime import HaproxyAdmin
 from lthn.refusals import Refusal
 from services.proxy import destinations
 from tests.fixtures.common import wait_for
-from tests.fixtures.proxy import FIRST_PAYMENT, TcpListener
+from tests.fixtures.proxy import FIRST_PAYMENT, TcpListener, in_haproxy_map
 from tests.fixtures.regtest import new_authid
 
 GLOBAL = "192.88.99.7"       # a global address (deprecated 6to4 relay anycast); only ever
@@ -54,6 +54,10 @@ def paid(pn):
     wait_for(lambda: pn.client.request("GET", "http://remote.lethean/status", headers=[
         ("X-LTHN-PaymentID", authid), ("X-LTHN-MgmtID", pn.config.provider.id)]).status == 200,
         timeout=10, what=f"authid {authid} active")
+    # the status answer reads the ledger; haproxy admits by its map, which authd fills
+    # after: a request sent before that was answered NO_PAYMENT (a CI run under load)
+    wait_for(lambda: in_haproxy_map(pn.config, authid), timeout=10,
+             what=f"authid {authid} in haproxy's map")
     return authid
 
 
