@@ -31,17 +31,12 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from benchlib import in_work_dir, wait
-from proxy_rig import BareHaproxy, NodeRig, Route, read_response, request_bytes
-
-from lthn.ports import free_port
-from tests.fixtures.common import kill_group
-from tests.fixtures.haproxy_copy import relocated
+from proxy_rig import BareHaproxy, HaproxyCopy, NodeRig, read_response, request_bytes
 
 AUTHIDS = 100_000
 WARMUP = 100
@@ -96,33 +91,19 @@ DIFFERENCE_OF = {"the destination parsing (regsub chain)":
                  "the late refusal flag (paid lookup, destination policy)"}
 
 
-class Counted:
-    """haproxy on `text` under callgrind, in `directory`; the rig's paid GET through it."""
+class Counted(HaproxyCopy):
+    """A haproxy copy under callgrind; the rig's paid GET through it, counted."""
 
     def __init__(self, rig: NodeRig, text: str, directory: Path) -> None:
-        directory.mkdir(parents=True)
-        self.rig, self.dir = rig, directory
-        self.port = free_port()
-        self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # its log lines
-        self.sink.bind(("127.0.0.1", 0))
-        (directory / "haproxy.cfg").write_text(relocated(
-            text, self.port, directory / "admin.sock", self.sink.getsockname()[1]))
         self.out = directory / "callgrind.out"
-        with open(directory / "haproxy.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}",
-                 "haproxy", "-db", "-f", str(directory / "haproxy.cfg")],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(rig, text, directory,
+                         ("valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}"))
 
     def per_get(self) -> float:
-        rig = self.rig
-        route = Route(self.dir.name, self.port, rig.config.state / "tls" / "ca.pem")
-        small = rig.origin.url("/small")
-        paid = rig.active[-1]
-        wait(lambda: rig.get(route, small, paid) == 200, 600,
-             f"haproxy under callgrind answering 200 ({self.dir / 'haproxy.log'})")
-        request, buf = request_bytes(small, paid), bytearray(1 << 16)
-        with route.connect() as sock:
+        self.admitting(600)
+        request = request_bytes(self.rig.origin.url("/small"), self.rig.active[-1])
+        buf = bytearray(1 << 16)
+        with self.route.connect() as sock:
             for n in range(WARMUP + GETS):
                 if n == WARMUP:
                     self._control("-z")
@@ -146,10 +127,6 @@ class Counted:
         if not found:
             raise SystemExit(f"bench: no total in {dumps()[-1]}")
         return int(found.group(1))
-
-    def stop(self) -> None:
-        kill_group(self.proc)
-        self.sink.close()
 
 
 def count(rig: NodeRig, text: str, directory: Path) -> float:

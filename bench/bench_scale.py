@@ -83,6 +83,7 @@ defaults
 frontend proxy
     bind 127.0.0.1:{port}
 {sources}
+{connection}
     http-request set-var(txn.authid) req.hdr(X-LTHN-PaymentID),upper
     http-request return status 403 if !{{ var(txn.authid),map({map}) -m found }}
 {admitted}
@@ -122,6 +123,7 @@ class QueueHaproxy:
         self.cfg_path.write_text(HAPROXY_CONFIG.format(
             admin=contract.admin_socket_path(config), maxconn=maxconn, port=self.port,
             map=self.map_path, held_port=self.held.getsockname()[1], echo_port=echo_port,
+            connection="\n".join(f"    {line}" for line in contract.connection_rules()),
             admitted="\n".join(f"    {line}" for line in contract.admitted_rules()),
             table=contract.STICK_TABLE, stick=contract.stick_table_definition(config),
             stream_table=contract.STREAM_TABLE,

@@ -39,6 +39,7 @@ from lthn.ledger import Ledger  # noqa: E402
 from lthn.ports import free_port  # noqa: E402
 from services.proxy import squid_config  # noqa: E402
 from tests.fixtures.common import kill_group  # noqa: E402
+from tests.fixtures.haproxy_copy import relocated  # noqa: E402
 from tests.fixtures.node import Node, default_config, merge  # noqa: E402
 
 SMALL_BODY = b"origin page, small\n" * 6          # 114 bytes
@@ -398,10 +399,49 @@ class SmpSquid:
             kill_group(self.proc)
 
 
+# --- a copy of a haproxy.cfg beside the node ---
+
+class HaproxyCopy:
+    """haproxy on `text` (the node's haproxy.cfg, or a variant of it), in `directory`: its
+    bind on a port of its own, its admin socket there, its log lines to a sink nobody
+    reads (tests/fixtures/haproxy_copy.py); the map, lists and squid the node's.
+    `wrapper`: a command to run haproxy under (valgrind's callgrind)."""
+
+    def __init__(self, rig: NodeRig, text: str, directory: Path,
+                 wrapper: tuple[str, ...] = ()) -> None:
+        directory.mkdir(parents=True)
+        self.rig, self.dir, self.name = rig, directory, directory.name
+        self.port = free_port()
+        self.sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sink.bind(("127.0.0.1", 0))
+        (directory / "haproxy.cfg").write_text(relocated(
+            text, self.port, directory / "admin.sock", self.sink.getsockname()[1]))
+        with open(directory / "haproxy.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [*wrapper, "haproxy", "-db", "-f", str(directory / "haproxy.cfg")],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def route(self) -> Route:
+        return Route(self.name, self.port, self.rig.config.state / "tls" / "ca.pem",
+                     {"haproxy": (self.proc.pid,)})
+
+    def admitting(self, timeout: float) -> HaproxyCopy:
+        """Wait until it admits the rig's paid GET (haproxy's start; callgrind's is slow)."""
+        rig = self.rig
+        wait(lambda: rig.get(self.route, rig.origin.url("/small"), rig.active[-1]) == 200,
+             timeout, f"the haproxy copy {self.name} answering 200 ({self.dir / 'haproxy.log'})")
+        return self
+
+    def stop(self) -> None:
+        kill_group(self.proc)
+        self.sink.close()
+
+
 def settle(seconds: float = 0.5) -> None:
     """Let the previous workload's connections close before the next one starts."""
     time.sleep(seconds)
 
 
-__all__ = ["BareHaproxy", "NodeRig", "Origin", "Route", "SmpSquid", "cpu_seconds",
+__all__ = ["BareHaproxy", "HaproxyCopy", "NodeRig", "Origin", "Route", "SmpSquid", "cpu_seconds",
            "read_response", "request_bytes", "settle", "wait"]

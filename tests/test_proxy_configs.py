@@ -118,7 +118,9 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
             "store conn_cur,gpt0,bytes_in_cnt,bytes_out_cnt,http_req_cnt") in text
     assert "stick-table type string len 64 size 1m expire 10s store conn_cur" in text
     assert "http-request track-sc0 var(txn.authid) table authid_sessions" in text
-    assert ('http-request set-var-fmt(txn.lthn_stream) "%[var(txn.authid)]/%[src]:%[src_port]"'
+    assert ('tcp-request session set-var-fmt(sess.lthn_client) "/%[src]:%[src_port]"'
+            in text)
+    assert ("http-request set-var(txn.lthn_stream) var(txn.authid),concat(,sess.lthn_client)"
             in text)
     assert "http-request track-sc1 var(txn.lthn_stream) table authid_streams" in text
     # admitted requests are not logged; a refusal on the response side is (#16)

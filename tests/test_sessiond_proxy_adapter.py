@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from lthn.ledger import Ledger
 from lthn.ports import free_port
 from services.sessiond.proxy_sessions import ProxyAdapter
 from services.sessiond.session_book import SessionBook
-from tests.fixtures.common import wait_for
+from tests.fixtures.common import read_head, wait_for
 from tests.fixtures.mini_proxy import (
     ConnectOrigin,
     MiniHaproxy,
@@ -86,6 +88,28 @@ def test_a_request_between_two_polls_is_live_once(rig):
     seen = adapter.poll()
     assert seen[OTHER].live and seen[OTHER].source == "127.0.0.1"
     assert not adapter.poll({OTHER})[OTHER].live        # nothing new since
+
+
+def test_a_stream_is_keyed_by_authid_and_client_connection(rig):
+    """The key's client half is made once per connection (contract.connection_rules),
+    the authid joined to it per request; both authids of one connection get a key."""
+    haproxy, adapter, _ = rig
+    tunnel = open_tunnel(haproxy.port, AUTHID)
+    with socket.create_connection(("127.0.0.1", haproxy.port), timeout=5) as sock:
+        for authid in (OTHER, AUTHID):
+            sock.sendall(f"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n"
+                         f"X-LTHN-PaymentID: {authid}\r\n\r\n".encode())
+            answer = read_head(sock)
+            while not answer.endswith(b"origin"):          # the body, before the next GET
+                answer += sock.recv(64)
+            assert answer.startswith(b"HTTP/1.1 200")
+        keys = re.findall(r"key=(\S+)", adapter.admin.command(
+            f"show table {contract.STREAM_TABLE}"))
+        client = sock.getsockname()[1]
+        assert sorted(keys) == sorted([f"{AUTHID}/127.0.0.1:{tunnel.getsockname()[1]}",
+                                       f"{OTHER}/127.0.0.1:{client}",
+                                       f"{AUTHID}/127.0.0.1:{client}"])
+    tunnel.close()
 
 
 def test_a_restarted_adapter_counts_only_live_streams_on_its_first_poll(rig):

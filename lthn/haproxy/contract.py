@@ -40,6 +40,10 @@ STREAM_KEY_SEPARATOR = "/"
 STREAM_KEY_LEN = 64      # 16 + "/" + the longest IPv6 text (39) + ":" + 5 digits = 62
 STREAM_EXPIRY_SECONDS = 10
 STREAM_KEY_VAR = "txn.lthn_stream"
+# the key's client half (`/<client ip>:<client port>`), made once per connection: a
+# keep-alive connection's requests join it to their authid with one converter instead of
+# formatting the whole key each (#16: 3.1k of haproxy's 104k instructions per GET)
+STREAM_CLIENT_VAR = "sess.lthn_client"
 
 # one raw datagram per refused request (`option logasap`), no syslog header:
 #   LTHN1 <client ip> <client port> <authid|-> <reason|-> <status> <method> <destination>
@@ -73,14 +77,21 @@ def stream_table_definition() -> str:
             f"expire {STREAM_EXPIRY_SECONDS}s store conn_cur")
 
 
+def connection_rules() -> list[str]:
+    """The `tcp-request session` lines every front end with `admitted_rules` needs, after
+    any that set the client's address (PROXY protocol): the stream key's client half."""
+    return [f'tcp-request session set-var-fmt({STREAM_CLIENT_VAR}) '
+            f'"{STREAM_KEY_SEPARATOR}%[src]:%[src_port]"']
+
+
 def admitted_rules(authid_var: str = "txn.authid") -> list[str]:
     """The `http-request` lines for a request that passed every check: track it by authid
     and by client connection, and log nothing (no datagram, no daemon woken)."""
     return [
         f"http-request track-sc0 var({authid_var}) table {STICK_TABLE}",
         "http-request sc-set-gpt0(0) date",
-        f'http-request set-var-fmt({STREAM_KEY_VAR}) "%[var({authid_var})]'
-        f'{STREAM_KEY_SEPARATOR}%[src]:%[src_port]"',
+        f"http-request set-var({STREAM_KEY_VAR}) var({authid_var}),"
+        f"concat(,{STREAM_CLIENT_VAR})",
         f"http-request track-sc1 var({STREAM_KEY_VAR}) table {STREAM_TABLE}",
         "http-request set-log-level silent",
     ]

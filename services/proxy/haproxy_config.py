@@ -292,6 +292,7 @@ def source_rules(config: Config) -> list[str]:
     lines += [
         f"    tcp-request session track-sc{contract.SOURCE_COUNTER} src "
         f"table {contract.SOURCE_TABLE}",
+        *(f"    {line}" for line in contract.connection_rules()),
         "    http-request set-var(txn.now) date",
         f"    acl never_ban src {' '.join(f.never_ban)}" if f.never_ban
         else "    acl never_ban always_false",

@@ -24,8 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from lthn.haproxy import contract
 from tests.fixtures.common import read_head, wait_for
 from tests.fixtures.firewall import FirewallNode
+from tests.fixtures.proxy import in_haproxy_map
 
 PAID = "1A17171717171701"
 LIMITS = {"max_connections": 3, "max_connection_rate": 30, "max_request_rate": 30,
@@ -213,20 +215,28 @@ def test_issue_17_a_named_front_proxy_gives_the_client_address(firewall_node):
     ctx.check_hostname = False
     ctx.load_verify_locations(cafile=str(fw.ca))
 
-    def via_front_proxy(client_ip: str) -> str:
+    def via_front_proxy(client_ip: str, authid: str = "") -> str:
         raw = socket.create_connection((fw.config.proxy.bind, fw.config.proxy.port),
                                        timeout=10, source_address=("127.0.0.30", 0))
         raw.sendall(f"PROXY TCP4 {client_ip} 127.0.0.1 5555 {fw.config.proxy.port}\r\n"
                     .encode())
+        payment = f"X-LTHN-PaymentID: {authid}\r\n" if authid else ""
         with ctx.wrap_socket(raw, server_hostname=None) as sock:
             sock.sendall(f"GET {fw.origin_url()} HTTP/1.1\r\n"
-                         f"Host: 127.0.0.1:{fw.origin.port}\r\nConnection: close\r\n\r\n"
-                         .encode())
+                         f"Host: 127.0.0.1:{fw.origin.port}\r\n{payment}"
+                         "Connection: close\r\n\r\n".encode())
             head = read_head(sock).decode(errors="replace")
+        status = head.split(" ", 2)[1] if head.startswith("HTTP/1.1 ") else head[:200]
         return next((line.split(":", 1)[1].strip() for line in head.split("\r\n")
-                     if line.lower().startswith("x-lthn-status:")), head[:200])
+                     if line.lower().startswith("x-lthn-status:")), status)
 
     assert via_front_proxy("127.0.0.31") == "DENY_SRC_IP"
     assert via_front_proxy("127.0.0.32") == "NO_PAYMENT"
+    # an admitted request's session is the client's too: its stream key (#14, #16)
+    fw.pay(PAID)
+    wait_for(lambda: in_haproxy_map(fw.config, PAID), timeout=10, what="the paid authid")
+    assert via_front_proxy("127.0.0.32", PAID) == "200"
+    assert f"key={PAID}/127.0.0.32:5555 " in fw.haproxy(
+        f"show table {contract.STREAM_TABLE}")
     # anyone else sending a PROXY header is not believed: haproxy reads it as HTTP
     assert fw.status_of("127.0.0.31") == "DENY_SRC_IP"
