@@ -70,9 +70,9 @@ DESTINATION = ("txn.dest", "txn.dport", "txn.dhost")
 # difference between the two
 GROUPS: dict[str, Callable[[str], str]] = {
     "the late refusal flag (paid lookup, destination policy)":
-        lambda t: first_pass_without(t, _sets("txn.refused_late")),
+        lambda t: first_pass_without(t, _sets("txn.refused")),
     "the destination parsing (regsub chain)":
-        lambda t: first_pass_without(t, _sets("txn.refused_late", *DESTINATION)),
+        lambda t: first_pass_without(t, _sets("txn.refused", *DESTINATION)),
     "the early refusal flag (source lists, limits, method, header form)":
         lambda t: first_pass_without(t, _sets("txn.refused_early")),
     "the source's ban check":

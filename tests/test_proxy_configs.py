@@ -140,8 +140,10 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
     # refusal's condition is in one of its two flags, the status request's before the
     # paid check, and everything it does to an admitted request waits for both
     first = text[text.index("# --- first pass"):text.index("# --- second pass")]
-    flags = {name: first.split(f"set-var(txn.refused_{name}) bool(true) if ", 1)[1]
-             .split("\n", 1)[0].split(" || ") for name in ("early", "late")}
+    flags = {name: first.split(f"set-var(txn.{var}) bool(true) if ", 1)[1]
+             .split("\n", 1)[0].split(" || ")
+             for name, var in (("early", "refused_early"), ("late", "refused"))}
+    assert flags["late"][0] == "refused_early"   # the one flag admission reads
     answers = [line.rsplit(" if ", 1)[1] for line in second.splitlines()
                if line.lstrip().startswith("http-request return ")]
     status_at = second.index("http-request allow if status_host status_path")
@@ -149,7 +151,7 @@ def test_haproxy_config_follows_the_design_contracts(tmp_path):
         at = second.index(f" if {answer}\n")
         assert set(answer.split(" || ")) <= set(flags["early" if at < status_at else "late"])
     assert "!paid" in flags["late"] and "!standard_method" in flags["early"]
-    admitting = first[first.index("set-var(txn.refused_late)"):
+    admitting = first[first.index("set-var(txn.refused)"):
                       first.index("http-request allow if !refused")]
     rules = [line for line in admitting.splitlines() if line.lstrip().startswith("http-request")]
     assert len(rules) >= 8 and all("!refused" in line for line in rules[1:])

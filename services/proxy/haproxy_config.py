@@ -43,8 +43,8 @@ STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS"
 STATUS_HOSTS = ("_remote_", "remote.lethean")
 OLD_WORKER_SECONDS = 30
 # a payment header that is not one value of 16 hex digits (in either header name)
-BAD_AUTHID = ("many_lthn || many_itns || !candidate_hex || has_lthn !same_lthn2 || "
-              "has_itns !same_itns1 || has_itns !same_itns2")
+BAD_AUTHID = ("many_lthn || many_itns || !candidate_hex || repeated_lthn !same_lthn2 || "
+              "has_itns !same_itns1 || repeated_itns !same_itns2")
 
 def backend_address(config: Config) -> str:
     return f"127.0.0.1:{config.proxy.squid_port}" if config.proxy.backend == "squid" \
@@ -332,8 +332,7 @@ def _request_rules(config: Config, methods: str) -> list[str]:
         "    http-request set-var(txn.dest) req.hdr(host,1) if !dest_set",
         "    acl dest_has_port var(txn.dest) -m reg :[0-9]+$",
         "    http-request set-var(txn.dport) int(80)",
-        "    http-request set-var(txn.dport) int(443) if METH_CONNECT",
-        "    http-request set-var(txn.dport) int(443) if { url_beg -i https:// }",
+        "    http-request set-var(txn.dport) int(443) if METH_CONNECT || { url_beg -i https:// }",
         '    http-request set-var(txn.dport) "var(txn.dest),regsub(\'^.*:([0-9]+)\\$\','
         '\'\\\\1\')" if dest_has_port',
         '    http-request set-var(txn.dhost) "var(txn.dest),regsub(\':[0-9]+\\$\',\'\'),'
@@ -351,12 +350,16 @@ def _request_rules(config: Config, methods: str) -> list[str]:
         "    acl has_itns var(txn.itns_n) -m int gt 0",
         "    acl many_lthn var(txn.lthn_n) -m int gt 2",
         "    acl many_itns var(txn.itns_n) -m int gt 2",
+        "    acl repeated_lthn var(txn.lthn_n) -m int gt 1",
+        "    acl repeated_itns var(txn.itns_n) -m int gt 1",
         *_refuse(Refusal.NO_PAYMENT, "!has_lthn !has_itns"),
-        "    http-request set-var(txn.lthn1) req.hdr(x-lthn-paymentid,1),upper if has_lthn",
-        "    http-request set-var(txn.lthn2) req.hdr(x-lthn-paymentid,-1),upper if has_lthn",
+        "    # (a header's last value is read only when there is more than one, #16)",
+        "    http-request set-var(txn.candidate) req.hdr(x-lthn-paymentid,1),upper if has_lthn",
+        "    http-request set-var(txn.lthn2) req.hdr(x-lthn-paymentid,-1),upper "
+        "if repeated_lthn",
         "    http-request set-var(txn.itns1) req.hdr(x-itns-paymentid,1),upper if has_itns",
-        "    http-request set-var(txn.itns2) req.hdr(x-itns-paymentid,-1),upper if has_itns",
-        "    http-request set-var(txn.candidate) var(txn.lthn1) if has_lthn",
+        "    http-request set-var(txn.itns2) req.hdr(x-itns-paymentid,-1),upper "
+        "if repeated_itns",
         "    http-request set-var(txn.candidate) var(txn.itns1) if !has_lthn",
         "    acl candidate_hex var(txn.candidate) -m reg ^[0-9A-F]{16}$",
         "    # (int ACLs know eq ge gt le lt, no ne: a differing value is present and not eq 0)",
@@ -427,10 +430,10 @@ def _fast_path(rules: list[str], admitted: list[str]) -> list[str]:
         "    # applies, each condition read once; admitted requests end this pass ---",
         *values,
         f"    http-request set-var(txn.refused_early) bool(true) if {early}",
-        f"    http-request set-var(txn.refused_late) bool(true) if {late}",
         "    acl refused_early var(txn.refused_early) -m bool",
-        "    acl refused var(txn.refused_early) -m bool",
-        "    acl refused var(txn.refused_late) -m bool",
+        "    # (one flag for both: each admitted request's rule below reads one variable)",
+        f"    http-request set-var(txn.refused) bool(true) if refused_early || {late}",
+        "    acl refused var(txn.refused) -m bool",
         "    http-request set-log-level silent if status_host status_path !refused_early",
         "    http-request allow if status_host status_path !refused_early",
         *(admitted_only(r) if r.lstrip().startswith("http-request ") else r

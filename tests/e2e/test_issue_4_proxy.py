@@ -89,7 +89,13 @@ def test_issue_4_connect_tunnel_to_the_exception(pn, paid):
      "BAD_AUTHID"),                                                       # two different
     ([("X-LTHN-PaymentID", "{authid}"), ("X-ITNS-PaymentID", "1A00000000000001")],
      "BAD_AUTHID"),
-], ids=["missing", "unpaid", "short", "not-hex", "empty", "two-values", "two-headers"])
+    # the last of several values is read only when there are several (#16)
+    ([("X-LTHN-PaymentID", "{authid}, 1A00000000000001")], "BAD_AUTHID"),
+    ([("X-ITNS-PaymentID", "{authid}"), ("X-ITNS-PaymentID", "1A00000000000001")],
+     "BAD_AUTHID"),
+    ([("X-ITNS-PaymentID", "1A00000000000001, {authid}")], "BAD_AUTHID"),
+], ids=["missing", "unpaid", "short", "not-hex", "empty", "two-values", "two-headers",
+        "two-in-one-line", "two-legacy-values", "two-legacy-in-one-line"])
 def test_issue_4_refused_with_the_right_reason(pn, paid, headers, reason):
     filled = [(k, v.format(authid=paid)) for k, v in headers]
     before = len(pn.origin.received)
@@ -99,6 +105,13 @@ def test_issue_4_refused_with_the_right_reason(pn, paid, headers, reason):
     assert len(pn.origin.received) == before
     event = pn.wait_refusal(reason, f"127.0.0.1:{pn.origin.port}")
     assert event.source == "127.0.0.1" and event.kind == "proxy"
+
+
+@pytest.mark.parametrize("name", ["X-LTHN-PaymentID", "X-ITNS-PaymentID"])
+def test_issue_4_a_repeated_header_with_one_value_is_admitted(pn, paid, name):
+    for headers in ([(name, paid), (name, paid.lower())], [(name, f"{paid}, {paid}")]):
+        answer = pn.client.request("GET", pn.origin.url("/twice"), headers=headers)
+        assert answer.status == 200, (headers, answer)
 
 
 def test_issue_4_non_standard_method_is_bad_method(pn, paid):
