@@ -67,7 +67,7 @@ def rounds_of(rig: NodeRig, routes: list[Route], rounds: int, gets: int, block: 
     return out
 
 
-def run(work: Path, quick: bool, rounds: int, gets: int) -> None:
+def run(work: Path, quick: bool, rounds: int, gets: int, block: int) -> None:
     rig = NodeRig(work, AUTHIDS)
     started: list[HaproxyCopy | BareHaproxy] = []
     try:
@@ -136,12 +136,15 @@ def main() -> int:
                         help="the node, its config and the bare chain only, not the groups")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--gets", type=int, default=2000, help="GETs per route per round")
+    parser.add_argument("--block", type=int, default=1, help="GETs on one route before the "
+                        "next (default 1: each GET follows another route's)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args()
     if not shutil.which("haproxy"):
         raise SystemExit("bench: haproxy is not installed (Debian: apt-get install haproxy)")
     return in_work_dir("bench-haproxy-latency-", args.keep,
-                       lambda work: run(work, args.quick, args.rounds, args.gets))
+                       lambda work: run(work, args.quick, args.rounds, args.gets,
+                                        args.block))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ hits every route alike; the latency client alternates route request by request; 
 downloads alternate route by route. Measured:
 
 1. small GETs (114-byte body) from CLIENTS keep-alive clients, req/s per route;
-2. latency of sequential small GETs, p50/p99 per route;
+2. latency of sequential small GETs, p50/p99 per route, the route changing request by
+   request (each chain met with the caches the seven others left: its working set, the
+   rules, map and tables, counts); then the node and the bare chains alone, in runs of
+   RUN GETs through one chain, as a client's requests through the one proxy it uses
+   (the first of each run, the switch, not counted);
 3. download of one large body, MB/s (median of DOWNLOADS per route);
 4. new TLS connections per second (one GET each), full handshakes vs resumed sessions.
 
@@ -52,6 +56,7 @@ from proxy_rig import (
 
 MB = 1_000_000
 GOAL = 0.95
+RUN = 50        # GETs in a row through one chain, in the second latency measurement
 THIRDS = 3
 
 
@@ -149,25 +154,31 @@ def per_route(totals: list[int], n_routes: int, slice_s: float, part: int = 0,
             for i in range(n_routes)]
 
 
-def latencies(rig: NodeRig, routes: list[Route], count: int) -> list[list[float]]:
-    """Seconds per GET per route, sequential, the route alternating request by request.
+def latencies(rig: NodeRig, routes: list[Route], count: int, block: int = 1
+              ) -> list[list[float]]:
+    """Seconds per GET per route, sequential, the route changing every `block` GETs.
     Each round starts at the next route: a GET measured right after another route's
-    (whose processes may still be busy on the two CPUs) is every route's turn alike."""
+    (whose processes may still be busy on the two CPUs) is every route's turn alike.
+    block 1: every GET follows another route's (each chain met with the caches the
+    others left); block > 1: a client's run of GETs through one chain, the first of each
+    run not counted (it measures the switch, and is counted in the block-1 figures)."""
     request = request_bytes(rig.origin.url("/small"), rig.authid())
     buf = bytearray(1 << 16)
     socks = [r.connect() for r in routes]
     out: list[list[float]] = [[] for _ in routes]
+    counted = block - 1 if block > 1 else 1
     try:
-        for n in range(100 + count):
+        for n in range(100 // block + 1 + -(-count // counted)):
             for k in range(len(socks)):
                 i = (n + k) % len(socks)
                 sock = socks[i]
-                t0 = time.perf_counter()
-                sock.sendall(request)
-                if read_response(sock, buf) != 200:
-                    raise SystemExit(f"bench: GET via {routes[i].name} failed")
-                if n >= 100:
-                    out[i].append(time.perf_counter() - t0)
+                for b in range(block):
+                    t0 = time.perf_counter()
+                    sock.sendall(request)
+                    if read_response(sock, buf) != 200:
+                        raise SystemExit(f"bench: GET via {routes[i].name} failed")
+                    if n * block >= 100 and (block == 1 or b) and len(out[i]) < count:
+                        out[i].append(time.perf_counter() - t0)
     finally:
         for sock in socks:
             sock.close()
@@ -209,6 +220,13 @@ def cpu_line(route: Route, used: dict[str, float], units: float, scale: float) -
 
 # --- the run ---
 
+def warm_at(warm: list[list[float]], p: float, t: int) -> dict[int, float]:
+    """The runs-of-RUN latency percentile, ms, by route index (node 0, bare 1, bare 1t t),
+    for the table's columns."""
+    return {0: percentile(warm[0], p) * 1e3, 1: percentile(warm[1], p) * 1e3,
+            t: percentile(warm[2], p) * 1e3}
+
+
 def run(rig: NodeRig, routes: list[Route], plan: Plan) -> None:
     node, bare = routes[0], routes[1]
     squid = next(r for r in routes if r.name == "squid alone")
@@ -226,10 +244,14 @@ def run(rig: NodeRig, routes: list[Route], plan: Plan) -> None:
     # daemons serve several, and are divided by all the GETs they saw
     gets = [r * plan.rate_seconds / n for r in rate]
 
-    print(f"2. latency: {plan.latency_requests} sequential GETs per route, alternating",
+    t = next(i for i, r in enumerate(routes) if r.name == "bare, nbthread 1")
+    print(f"2. latency: {plan.latency_requests} sequential GETs per route, alternating "
+          f"request by request; then node, bare and bare 1t in runs of {RUN} GETs",
           flush=True)
     settle()
     lat = latencies(rig, routes, plan.latency_requests)
+    settle()
+    warm = latencies(rig, [node, bare, routes[t]], plan.latency_requests, block=RUN)
 
     print(f"3. downloads of {plan.download_bytes / MB:.0f} MB, {plan.downloads} per route, "
           "alternating", flush=True)
@@ -257,7 +279,6 @@ def run(rig: NodeRig, routes: list[Route], plan: Plan) -> None:
           f"bare chain; goal >= {GOAL}.")
     print("The node's haproxy runs one thread on this machine if it has 2 CPUs or fewer "
           "(haproxy_config._threads): 'bare' is haproxy's default, 'bare 1t' one thread.")
-    t = next(i for i, r in enumerate(routes) if r.name == "bare, nbthread 1")
     print(f"{'':30} {'node':>8} {'bare':>8} {'node/bare':>9} {'bare 1t':>8} "
           f"{'node/1t':>8}   node/bare by third")
     third_ratios = " ".join(f"{th[0] / th[1]:.2f}" for th in thirds)
@@ -266,7 +287,11 @@ def run(rig: NodeRig, routes: list[Route], plan: Plan) -> None:
             ("latency p99, ms (ratio b/n)", [v * 1e3 for v in p99], lambda a, b: b / a,
              "9.3f", ""),
             ("latency p50, ms (ratio b/n)", [v * 1e3 for v in p50], lambda a, b: b / a,
-             "9.3f", "")]
+             "9.3f", ""),
+            (f"  in runs of {RUN}: p99", warm_at(warm, 99, t), lambda a, b: b / a, "9.3f",
+             ""),
+            (f"  in runs of {RUN}: p50", warm_at(warm, 50, t), lambda a, b: b / a, "9.3f",
+             "")]
     for label, values, ratio, form, extra in rows:
         print(f"{label:30}{values[0]:{form}}{values[1]:{form}} "
               f"{ratio(values[0], values[1]):9.2f}{values[t]:{form}} "

@@ -187,7 +187,8 @@ def _squid_answers() -> list[str]:
         "if squid_error !squid_marked || squid_error !squid_code squid_no_server",
         f"    http-response del-header {marker}",
         "    # nothing of ours comes from a destination (it could pose as the node)",
-        "    http-response del-header ^x-(lthn|itns)- -m reg",
+        "    http-response del-header x-lthn- -m beg",
+        "    http-response del-header x-itns- -m beg",
         "    # a destination's own answer ends here (`allow` ends the rules): every rule",
         "    # below reads txn.answered_by (#16)",
         "    acl squid_answered var(txn.answered_by) -m found",
@@ -387,10 +388,14 @@ def _admitted_rules(config: Config) -> list[str]:
     return [
         "    # --- admitted: nothing of ours leaves the node (issue #4); tracked by authid and",
         "    # client connection for sessiond, not logged (issue #16) ---",
-        "    http-request del-header ^x-(lthn|itns)- -m reg",
+        "    http-request del-header x-lthn- -m beg",
+        "    http-request del-header x-itns- -m beg",
         *_client_cache_control(config),
         *(f"    {line}" for line in contract.admitted_rules()),
     ]
+
+
+SILENT = "    http-request set-log-level silent"
 
 
 def _condition(line: str) -> str:
@@ -427,22 +432,24 @@ def _fast_path(rules: list[str], admitted: list[str]) -> list[str]:
         *declared,
         "",
         "    # --- first pass (#16): the values every rule reads, then whether any refusal",
-        "    # applies, each condition read once; admitted requests end this pass ---",
+        "    # applies, each condition read once; admitted requests end this pass, not",
+        "    # logged (the second pass logs again) ---",
+        "    http-request set-log-level silent",
         *values,
         f"    http-request set-var(txn.refused_early) bool(true) if {early}",
         "    acl refused_early var(txn.refused_early) -m bool",
         "    # (one flag for both: each admitted request's rule below reads one variable)",
         f"    http-request set-var(txn.refused) bool(true) if refused_early || {late}",
         "    acl refused var(txn.refused) -m bool",
-        "    http-request set-log-level silent if status_host status_path !refused_early",
         "    http-request allow if status_host status_path !refused_early",
         *(admitted_only(r) if r.lstrip().startswith("http-request ") else r
-          for r in admitted),
+          for r in admitted if r != SILENT),
         "    http-request allow if !refused",
         "",
         "    # --- second pass: a refusal applies; every rule as written, in order, so it",
         "    # answers, counts and logs as it always did (the log's destination and authid",
         "    # are shown only once their rules have set them) ---",
+        "    http-request set-log-level info",
         "    http-request unset-var(txn.dest)",
         "    http-request unset-var(txn.authid)",
         *(r for r in rules if r not in declared),
