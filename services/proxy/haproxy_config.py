@@ -207,13 +207,15 @@ def _squid_answers() -> list[str]:
 def _client_cache_control(config: Config) -> list[str]:
     """The client's own Cache-Control, for squid to send instead of its own (squid adds
     max-age=259200 to every request; squid_config.py). Two headers are joined; a third
-    and later ones are dropped (squid would have merged them all into one)."""
+    and later ones are dropped (squid would have merged them all into one). Header lines
+    are counted (`fhdr_cnt`): `hdr_cnt` counts a line's comma-separated values, and one
+    line with two directives was sent twice over."""
     if config.proxy.backend != "squid":
         return []
     header = squid_config.CLIENT_CC_HEADER
     return [
-        "    acl client_cc_one req.hdr_cnt(cache-control) eq 1",
-        "    acl client_cc_more req.hdr_cnt(cache-control) gt 1",
+        "    acl client_cc_one req.fhdr_cnt(cache-control) eq 1",
+        "    acl client_cc_more req.fhdr_cnt(cache-control) gt 1",
         f"    http-request set-header {header} %[req.fhdr(cache-control,1)] if client_cc_one",
         f'    http-request set-header {header} "%[req.fhdr(cache-control,1)], '
         '%[req.fhdr(cache-control,-1)]" if client_cc_more',

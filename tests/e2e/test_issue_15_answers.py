@@ -99,11 +99,15 @@ def test_issue_15_the_destination_sees_the_client_not_squid(pn, paid):
                       headers=[("Cache-Control", "no-transform")])
     pn.client.request("GET", pn.origin.url("/two-cc"), authid=paid,
                       headers=[("Cache-Control", "no-store"), ("Cache-Control", "max-age=5")])
+    # one line with two directives is one header (haproxy's hdr_cnt counts its values)
+    pn.client.request("GET", pn.origin.url("/one-line-cc"), authid=paid,
+                      headers=[("Cache-Control", "no-cache, max-age=0")])
     seen = {path: {k.lower(): v for k, v in headers.items()}
             for _, path, headers in pn.origin.received}
     assert "cache-control" not in seen["/no-cc"]          # squid added max-age=259200
     assert seen["/one-cc"]["cache-control"] == "no-transform"
     assert seen["/two-cc"]["cache-control"] == "no-store, max-age=5"
+    assert seen["/one-line-cc"]["cache-control"] == "no-cache, max-age=0"
     for headers in seen.values():
         assert not [h for h in headers if h in ("via", "x-forwarded-for", "forwarded")
                     or h.startswith(("x-lthn-", "x-itns-", "x-squid"))], headers
