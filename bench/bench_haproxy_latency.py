@@ -27,43 +27,23 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import time
 from pathlib import Path
 
 from bench_haproxy_instructions import DIFFERENCE_OF, GROUPS
 from benchlib import in_work_dir, percentile
-from proxy_rig import BareHaproxy, HaproxyCopy, NodeRig, Route, read_response, request_bytes
+from proxy_rig import BareHaproxy, HaproxyCopy, NodeRig, Route, latencies
 
 AUTHIDS = 100_000
 WARMUP = 100
 
 
-def rounds_of(rig: NodeRig, routes: list[Route], rounds: int, gets: int, block: int = 1
+def rounds_of(rig: NodeRig, routes: list[Route], rounds: int, gets: int, block: int
               ) -> list[list[list[float]]]:
-    """Seconds per GET: [round][route] -> samples; the route alternates request by request
-    and each pass starts at the next route, so every route follows every other alike."""
-    request = request_bytes(rig.origin.url("/small"), rig.active[-1])
-    buf = bytearray(1 << 16)
-    socks = [r.connect() for r in routes]
-    out: list[list[list[float]]] = []
-    try:
-        for r in range(rounds):
-            this: list[list[float]] = [[] for _ in routes]
-            for n in range(((WARMUP if r == 0 else 0) + gets) // block):
-                for k in range(len(socks)):
-                    i = (n + k) % len(socks)
-                    for _ in range(block):
-                        t0 = time.perf_counter()
-                        socks[i].sendall(request)
-                        if read_response(socks[i], buf) != 200:
-                            raise SystemExit(f"bench: a GET via {routes[i].name} was not admitted")
-                        if r or n * block >= WARMUP:
-                            this[i].append(time.perf_counter() - t0)
-            out.append(this)
-            print(f"  round {r + 1} done; load average {os.getloadavg()[0]:.2f}", flush=True)
-    finally:
-        for sock in socks:
-            sock.close()
+    """Seconds per GET: [round][route] -> samples (proxy_rig.latencies, each round)."""
+    out = []
+    for r in range(rounds):
+        out.append(latencies(rig, routes, gets, block, warmup=WARMUP if r == 0 else 0))
+        print(f"  round {r + 1} done; load average {os.getloadavg()[0]:.2f}", flush=True)
     return out
 
 
@@ -137,7 +117,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--gets", type=int, default=2000, help="GETs per route per round")
     parser.add_argument("--block", type=int, default=1, help="GETs on one route before the "
-                        "next (default 1: each GET follows another route's)")
+                        "next, the first of each run not counted (default 1: each GET "
+                        "follows another route's)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     args = parser.parse_args()
     if not shutil.which("haproxy"):

@@ -49,6 +49,7 @@ from proxy_rig import (
     Route,
     SmpSquid,
     cpu_seconds,
+    latencies,
     read_response,
     request_bytes,
     settle,
@@ -152,37 +153,6 @@ def per_route(totals: list[int], n_routes: int, slice_s: float, part: int = 0,
     lo, hi = cycles * part // parts, cycles * (part + 1) // parts
     return [sum(totals[c * n_routes + i] for c in range(lo, hi)) / ((hi - lo) * slice_s)
             for i in range(n_routes)]
-
-
-def latencies(rig: NodeRig, routes: list[Route], count: int, block: int = 1
-              ) -> list[list[float]]:
-    """Seconds per GET per route, sequential, the route changing every `block` GETs.
-    Each round starts at the next route: a GET measured right after another route's
-    (whose processes may still be busy on the two CPUs) is every route's turn alike.
-    block 1: every GET follows another route's (each chain met with the caches the
-    others left); block > 1: a client's run of GETs through one chain, the first of each
-    run not counted (it measures the switch, and is counted in the block-1 figures)."""
-    request = request_bytes(rig.origin.url("/small"), rig.authid())
-    buf = bytearray(1 << 16)
-    socks = [r.connect() for r in routes]
-    out: list[list[float]] = [[] for _ in routes]
-    counted = block - 1 if block > 1 else 1
-    try:
-        for n in range(100 // block + 1 + -(-count // counted)):
-            for k in range(len(socks)):
-                i = (n + k) % len(socks)
-                sock = socks[i]
-                for b in range(block):
-                    t0 = time.perf_counter()
-                    sock.sendall(request)
-                    if read_response(sock, buf) != 200:
-                        raise SystemExit(f"bench: GET via {routes[i].name} failed")
-                    if n * block >= 100 and (block == 1 or b) and len(out[i]) < count:
-                        out[i].append(time.perf_counter() - t0)
-    finally:
-        for sock in socks:
-            sock.close()
-    return out
 
 
 def download(rig: NodeRig, route: Route, size: int) -> float:

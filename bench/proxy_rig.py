@@ -223,6 +223,38 @@ def process_tree(pid: int) -> tuple[int, ...]:
     return tuple(tree)
 
 
+def latencies(rig: NodeRig, routes: list[Route], count: int, block: int = 1,
+              warmup: int = 100) -> list[list[float]]:
+    """Seconds per GET of the small page (a paid authid, keep-alive), `count` per route,
+    sequential, the route changing every `block` GETs after `warmup` GETs per route not
+    counted. Each pass starts at the next route: a GET measured right after another
+    route's (whose processes may still be busy on the two CPUs) is every route's turn
+    alike. block 1: every GET follows another route's (each chain met with the caches
+    the others left); block > 1: a client's run of GETs through one chain, the first of
+    each run not counted (it measures the switch, which block 1 counts)."""
+    request = request_bytes(rig.origin.url("/small"), rig.authid())
+    buf = bytearray(1 << 16)
+    socks = [r.connect() for r in routes]
+    out: list[list[float]] = [[] for _ in routes]
+    sent = 0        # GETs sent per route so far
+    try:
+        while min(len(samples) for samples in out) < count:
+            for k in range(len(socks)):
+                i = (sent // block + k) % len(socks)
+                for b in range(block):
+                    t0 = time.perf_counter()
+                    socks[i].sendall(request)
+                    if read_response(socks[i], buf) != 200:
+                        raise SystemExit(f"bench: a GET via {routes[i].name} was not admitted")
+                    if sent + b >= warmup and (block == 1 or b) and len(out[i]) < count:
+                        out[i].append(time.perf_counter() - t0)
+            sent += block
+    finally:
+        for sock in socks:
+            sock.close()
+    return out
+
+
 # --- the whole node ---
 
 class NodeRig:
@@ -443,5 +475,5 @@ def settle(seconds: float = 0.5) -> None:
     time.sleep(seconds)
 
 
-__all__ = ["BareHaproxy", "HaproxyCopy", "NodeRig", "Origin", "Route", "SmpSquid", "cpu_seconds",
-           "read_response", "request_bytes", "settle", "wait"]
+__all__ = ["BareHaproxy", "HaproxyCopy", "NodeRig", "Origin", "Route", "SmpSquid",
+           "cpu_seconds", "latencies", "read_response", "request_bytes", "settle", "wait"]

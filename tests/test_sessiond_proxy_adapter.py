@@ -100,9 +100,11 @@ def test_a_stream_is_keyed_by_authid_and_client_connection(rig):
             sock.sendall(f"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n"
                          f"X-LTHN-PaymentID: {authid}\r\n\r\n".encode())
             answer = read_head(sock)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
             while not answer.endswith(b"origin"):          # the body, before the next GET
-                answer += sock.recv(64)
-            assert answer.startswith(b"HTTP/1.1 200")
+                chunk = sock.recv(64)
+                assert chunk, f"closed before the whole answer: {answer!r}"
+                answer += chunk
         keys = re.findall(r"key=(\S+)", adapter.admin.command(
             f"show table {contract.STREAM_TABLE}"))
         client = sock.getsockname()[1]

@@ -77,6 +77,10 @@ def stream_table_definition() -> str:
             f"expire {STREAM_EXPIRY_SECONDS}s store conn_cur")
 
 
+# an admitted request is not logged (no datagram, no daemon woken)
+SILENT_RULE = "http-request set-log-level silent"
+
+
 def connection_rules() -> list[str]:
     """The `tcp-request session` lines every front end with `admitted_rules` needs, after
     any that set the client's address (PROXY protocol): the stream key's client half."""
@@ -93,7 +97,7 @@ def admitted_rules(authid_var: str = "txn.authid") -> list[str]:
         f"http-request set-var({STREAM_KEY_VAR}) var({authid_var}),"
         f"concat(,{STREAM_CLIENT_VAR})",
         f"http-request track-sc1 var({STREAM_KEY_VAR}) table {STREAM_TABLE}",
-        "http-request set-log-level silent",
+        SILENT_RULE,
     ]
 
 

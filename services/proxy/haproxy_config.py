@@ -397,7 +397,9 @@ def _admitted_rules(config: Config) -> list[str]:
     ]
 
 
-SILENT = "    http-request set-log-level silent"
+# the first pass silences every request at its start, so its admitted rules leave
+# contract.admitted_rules' own silencing out
+SILENT = f"    {contract.SILENT_RULE}"
 
 
 def _condition(line: str) -> str:
@@ -436,7 +438,7 @@ def _fast_path(rules: list[str], admitted: list[str]) -> list[str]:
         "    # --- first pass (#16): the values every rule reads, then whether any refusal",
         "    # applies, each condition read once; admitted requests end this pass, not",
         "    # logged (the second pass logs again) ---",
-        "    http-request set-log-level silent",
+        SILENT,
         *values,
         f"    http-request set-var(txn.refused_early) bool(true) if {early}",
         "    acl refused_early var(txn.refused_early) -m bool",
